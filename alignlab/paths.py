@@ -1,0 +1,30 @@
+"""Where the course's files live: the embedded world under data/, the reference outputs under autograder/.
+
+The package is used from a checkout of the repository (``pip install -e .``, or
+a shallow clone on Colab), so everything is found relative to this file. Set
+``ALIGNLAB_DATA`` to use a data folder elsewhere.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("ALIGNLAB_DATA", REPO_ROOT / "data"))
+AUTOGRADER_DIR = REPO_ROOT / "autograder"
+REFERENCE_DIR = AUTOGRADER_DIR / "references"
+
+TINY_POLICY_DIR = DATA_DIR / "tiny-gpt2"      # GPT2LMHeadModel + tokenizer, Hugging Face format
+GOLD_DIR = DATA_DIR / "gold"                  # gold sentiment classifier, no pickle
+PROMPTS_FILE = DATA_DIR / "prompts.jsonl"     # held-out IMDb prefixes, with a split field
+PAIRS_FILE = DATA_DIR / "pairs.jsonl"         # labelled preference pairs, with a split field
+
+
+def require(path: Path, what: str) -> Path:
+    """Return ``path`` if it exists, else raise a FileNotFoundError that says how to get it."""
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"{what} not found at {path}. The embedded world ships with the repository: "
+            "run from a checkout of the course (git clone, then `make lab`), or rebuild it with `make data`."
+        )
+    return Path(path)
