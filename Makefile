@@ -10,6 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 STAMP   := $(VENV)/.alignlab-installed
 PORT    ?= 8888
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test setup release references grade benchmarks data clean-runtime help
@@ -34,7 +35,7 @@ setup: $(STAMP)
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name alignlab --display-name "Python (alignlab)" >/dev/null
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
