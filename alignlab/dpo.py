@@ -1,0 +1,265 @@
+"""Notebook 04's DPO loop, its training plots, and the beta explorer.
+
+DPO trains the policy on fixed preference pairs with a classification loss on
+log-ratios against a frozen reference; no reward model, no sampling. The loop
+is short and visible; the loss is passed in (the learner's own in the notebook):
+
+>>> config = DPOConfig.for_track(track)
+>>> loss_fn = functools.partial(dpo_loss, beta=config.beta)
+>>> history = train_dpo(policy, reference, pairs, loss_fn, config, eval_fn=None)
+
+``loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+ref_rejected_logps)`` gets four (B,) tensors and returns a loss, or a tuple
+whose first element is the loss (and, for ``dpo_loss``, the implicit rewards).
+Sequence log-probs are sums over completion tokens (``average_logps=False``);
+SimPO-style losses ask for per-token averages with ``average_logps=True``.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from . import reference as ref_math
+from .data import collate_pairs
+
+LossFn = Callable[..., "torch.Tensor | tuple"]
+EvalFn = Callable[[torch.nn.Module], dict]  # policy -> {"gold": float, "kl": float, ...}
+
+
+@dataclass
+class DPOConfig:
+    """Settings of one DPO run (defaults: the tiny track; the prototype's best notebook-sized run)."""
+
+    beta: float = 0.1              # KL strength: implicit reward = beta * log(pi / pi_ref); bind it into loss_fn
+    lr: float = 1e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
+    steps: int = 200               # optimizer steps; DPO keeps drifting from the reference, so stop early
+    batch_size: int = 32           # pairs per step
+    warmup_steps: int = 10         # linear learning-rate warm-up, then constant (as in the paper)
+    max_grad_norm: float = 1.0     # gradient clipping on the policy's parameters
+    average_logps: bool = False    # True: per-token average log-probs (SimPO); DPO needs sums
+    eval_every: int = 50           # call eval_fn every this many steps (and at step 0 and at the end)
+    seed: int = 0                  # order in which the pairs are visited
+    pad_token_id: int | None = None  # pad id for collating pairs; None: the policy's config.pad_token_id (or 0)
+
+    @classmethod
+    def for_track(cls, track, **overrides) -> "DPOConfig":
+        """Defaults for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a handful of steps under the grader."""
+        settings = dict(
+            lr=track.pick(cpu=1e-4, gpu=5e-6),
+            steps=track.pick(cpu=200, gpu=600, grading=6),
+            batch_size=track.pick(cpu=32, gpu=64, grading=8),
+            warmup_steps=track.pick(cpu=10, gpu=50, grading=0),
+            eval_every=track.pick(cpu=50, gpu=100, grading=3),
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+
+@dataclass
+class DPOHistory:
+    """What a run logged: ``steps`` (one dict per optimizer step) and ``evals`` (gold, KL, ... every eval_every)."""
+
+    config: dict = field(default_factory=dict)
+    steps: list[dict] = field(default_factory=list)   # step, loss, rewards/chosen, rewards/rejected, rewards/accuracies, ...
+    evals: list[dict] = field(default_factory=list)   # step, and whatever eval_fn returned (gold, kl)
+    seconds: float = 0.0                              # wall time of the run, evaluations included
+
+    def column(self, name: str, evals: bool = False) -> list[float]:
+        return [row[name] for row in (self.evals if evals else self.steps)]
+
+    @property
+    def final(self) -> dict:
+        """The last evaluation (gold, kl, ...)."""
+        return self.evals[-1] if self.evals else {}
+
+
+# ------------------------------------------------------------ log-probs of pairs
+def completion_logps(model, input_ids, attention_mask, completion_mask, average: bool = False) -> torch.Tensor:
+    """Summed (or averaged) log-probs of each row's completion under ``model``.
+
+    Shapes: input_ids, attention_mask, completion_mask (B, T) -> (B,) float32.
+    position_ids follow the attention mask, so left and right padding both work.
+    """
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                        # (B, T)
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits  # (B, T, V)
+    token_logps = ref_math.token_logprobs(logits, input_ids)                           # (B, T-1)
+    return ref_math.sequence_logprob(token_logps, completion_mask, average=average)     # (B,)
+
+
+def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad with 0: padding is masked out, so any token id works there."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0)               # (B, width)
+
+
+def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen_logps (B,), rejected_logps (B,)) of a ``collate_pairs`` batch (right-padded), in one forward pass."""
+    width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    both = {k: torch.cat([_pad_to(batch[f"chosen_{k}"], width), _pad_to(batch[f"rejected_{k}"], width)])
+            for k in ("input_ids", "attention_mask", "completion_mask")}               # each (2B, T)
+    logps = completion_logps(model, both["input_ids"], both["attention_mask"], both["completion_mask"], average)
+    n = batch["chosen_input_ids"].shape[0]
+    return logps[:n], logps[n:]                                                         # (B,), (B,)
+
+
+def reference_logps(reference, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference's log-probs of a batch, without gradient: from the frozen model, or stored in the pairs.
+
+    ``reference=None`` reads ``ref_chosen_logps``/``ref_rejected_logps`` (sums, from
+    the policy that sampled the pairs); ``average=True`` divides them by the completion length.
+    """
+    if reference is not None:
+        with torch.no_grad():
+            return pair_logps(reference, batch, average)
+    if "ref_chosen_logps" not in batch:
+        raise ValueError("reference=None needs pairs with stored ref_chosen_logp/ref_rejected_logp; pass a frozen reference model")
+    out = []
+    for name in ("chosen", "rejected"):
+        logps = batch[f"ref_{name}_logps"]                                              # (B,)
+        if average:
+            logps = logps / batch[f"{name}_completion_mask"].sum(-1).clamp(min=1)
+        out.append(logps)
+    return out[0], out[1]
+
+
+def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
+    """TRL's logged statistics: mean implicit rewards, accuracy (strict >) and margin."""
+    chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
+    return {
+        "rewards/chosen": chosen_rewards.mean().item(),
+        "rewards/rejected": rejected_rewards.mean().item(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean().item(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean().item(),
+    }
+
+
+# ------------------------------------------------------------------- the loop
+def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config: DPOConfig,
+              eval_fn: EvalFn | None = None) -> DPOHistory:
+    """Train ``policy`` in place on preference ``pairs`` with ``loss_fn``; return the history.
+
+    Args:
+        policy: a causal LM (GPT2LMHeadModel); only its parameters are updated.
+        reference: the frozen reference model, or None to use the pairs' stored
+            ``ref_chosen_logp``/``ref_rejected_logp``. It never receives gradient.
+        pairs: rows of ``alignlab.data.load_pairs`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ...).
+        loss_fn: ``loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
+            ref_rejected_logps)`` -> loss, or (loss, chosen_rewards, rejected_rewards, ...).
+        config: a :class:`DPOConfig`; ``config.beta`` only labels the implicit rewards
+            when ``loss_fn`` does not return them.
+        eval_fn: called as ``eval_fn(policy)`` at step 0, every ``eval_every`` steps and
+            at the end; returns a dict (e.g. ``{"gold": ..., "kl": ...}``) logged in ``history.evals``.
+    """
+    device = next(policy.parameters()).device
+    pad_id = config.pad_token_id if config.pad_token_id is not None else (policy.config.pad_token_id or 0)
+    history = DPOHistory(config=asdict(config))
+    start = time.perf_counter()
+    policy.eval()                        # no dropout: policy and reference log-probs must compare like with like
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed)).tolist()
+    visits = itertools.cycle(order)      # each pair once per epoch, in a fixed shuffled order
+
+    def evaluate(step):
+        if eval_fn is not None:
+            history.evals.append({"step": step, **eval_fn(policy)})
+
+    evaluate(0)
+    for step in tqdm(range(1, config.steps + 1), desc="DPO", leave=False):
+        rows = [pairs[i] for i in itertools.islice(visits, config.batch_size)]
+        batch = {k: v.to(device) for k, v in collate_pairs(rows, pad_id=pad_id).items()}
+        policy_chosen_logps, policy_rejected_logps = pair_logps(policy, batch, config.average_logps)  # (B,), (B,)
+        ref_chosen_logps, ref_rejected_logps = reference_logps(reference, batch, config.average_logps)  # (B,), no grad
+        out = loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+        loss = out[0] if isinstance(out, (tuple, list)) else out
+        if isinstance(out, (tuple, list)) and len(out) >= 3:
+            chosen_rewards, rejected_rewards = out[1], out[2]
+        else:
+            chosen_rewards = config.beta * (policy_chosen_logps - ref_chosen_logps).detach()
+            rejected_rewards = config.beta * (policy_rejected_logps - ref_rejected_logps).detach()
+
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        optimizer.step()
+        warmup.step()
+
+        history.steps.append({"step": step, "loss": loss.item(), **implicit_reward_stats(chosen_rewards, rejected_rewards),
+                              "logps/chosen": policy_chosen_logps.mean().item(),
+                              "logps/rejected": policy_rejected_logps.mean().item(), "grad_norm": float(grad_norm)})
+        if step % config.eval_every == 0 or step == config.steps:
+            evaluate(step)
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+# ------------------------------------------------------------------- plots
+def plot_history(history: DPOHistory, title: str = "DPO"):
+    """Loss, implicit-reward accuracy and margin per step; gold reward and KL at each evaluation."""
+    import matplotlib.pyplot as plt
+
+    steps = history.column("step")
+    panels = 3 if history.evals else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
+    axes[0].plot(steps, history.column("loss"), lw=1)
+    axes[0].axhline(math.log(2), color="grey", ls=":", label="ln 2 (policy = reference)")
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: loss")
+    axes[0].legend(fontsize=8)
+    axes[1].plot(steps, history.column("rewards/accuracies"), lw=1, label="accuracy")
+    margin = axes[1].twinx()
+    margin.plot(steps, history.column("rewards/margins"), lw=1, color="C1", label="margin")
+    axes[1].set(xlabel="step", ylabel="implicit-reward accuracy", title="implicit rewards", ylim=(0, 1))
+    margin.set_ylabel("margin r_w - r_l", color="C1")
+    if history.evals:
+        ev = history.evals
+        axes[2].plot([e["step"] for e in ev], [e["gold"] for e in ev], "o-", label="gold")
+        kl = axes[2].twinx()
+        kl.plot([e["step"] for e in ev], [e["kl"] for e in ev], "s--", color="C3", label="KL")
+        axes[2].set(xlabel="step", ylabel="gold reward", title="gold reward and sequence KL")
+        kl.set_ylabel("sequence KL (nats)", color="C3")
+    fig.tight_layout()
+    plt.show()
+
+
+def beta_explorer(preference_probability_fn: Callable | None = None, gradient_weight_fn: Callable | None = None):
+    """An ipywidgets slider over beta: per-pair loss and gradient weight against the log-ratio difference h.
+
+    The functions have the exercise signatures (four (B,) log-prob tensors, beta); the
+    curves put h on the chosen policy log-prob and zeros elsewhere, so dpo_logits = h.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+
+    prob_fn = preference_probability_fn or ref_math.dpo_preference_probability
+    weight_fn = gradient_weight_fn or ref_math.dpo_gradient_weight
+    h = torch.linspace(-40, 40, 401, dtype=torch.float64)                   # (N,) log-ratio differences
+    zeros = torch.zeros_like(h)
+
+    def show(beta=0.1):
+        prob = prob_fn(h, zeros, zeros, zeros, beta)                         # (N,)
+        loss = -torch.log(prob.clamp(min=1e-300))                            # (N,) per-pair loss
+        weight = weight_fn(h, zeros, zeros, zeros, beta)                     # (N,)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        axes[0].plot(h, loss)
+        axes[0].set(xlabel="h = log-ratio(chosen) - log-ratio(rejected)", ylabel="-log sigmoid(beta h)",
+                    title=f"per-pair loss, beta = {beta:.3g}", ylim=(0, 5))
+        axes[1].plot(h, weight, color="C1")
+        axes[1].set(xlabel="h", ylabel="sigmoid(-beta h)", title="gradient weight", ylim=(0, 1.02))
+        for ax in axes:
+            ax.axvline(0, color="grey", lw=0.5)
+            ax.axvline(1 / beta, color="C2", ls=":", lw=1)
+        axes[1].text(1 / beta, 0.05, " h = 1/beta", color="C2", fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    slider = widgets.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.05, description="beta")
+    return widgets.interactive(show, beta=slider)
+
+
+__all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps",
+           "implicit_reward_stats", "plot_history", "beta_explorer"]

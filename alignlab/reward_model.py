@@ -1,0 +1,336 @@
+"""Notebook 02's plumbing: train a reward model with a given loss, evaluate it, and best-of-n sampling.
+
+The loss is the caller's (the learner's ``pairwise_reward_loss`` in the notebook,
+the course's reference elsewhere), so the learner's own code trains the model.
+
+Stable entry points (notebook 03 and later reuse them; keep the signatures):
+
+- ``RewardModelConfig.for_track(track, **overrides)`` -- sizes for a track.
+- ``train_reward_model(pairs, config, loss_fn=None, track=None, last_index_fn=None, progress=True) -> RewardModel``
+  -- a trained reward model in eval mode, on the track's device, in about a minute
+  on a laptop CPU (tiny track). ``pairs`` is the training split of
+  ``alignlab.data.load_pairs()``. The model carries ``.train_losses`` (list of float).
+- ``score_pairs(reward_model, pairs, tokenizer) -> (chosen (N,), rejected (N,))`` and
+  ``score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id) -> (N,)`` -- rewards.
+- ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement``,
+  ``best_of_n_pool``, ``best_of_n_curve``, ``plot_best_of_n`` -- the notebook's evaluations.
+
+Convention: a pair's reward gap is r_chosen - r_rejected; accuracy is the share of
+pairs with a strictly positive gap (ties count as wrong).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from tqdm.auto import tqdm
+
+from . import data as data_lib
+from . import models
+
+LossFn = Callable[..., torch.Tensor]           # (chosen_rewards (B,), rejected_rewards (B,), margin=None) -> ()
+LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) -> (B,) long
+
+
+@dataclass
+class RewardModelConfig:
+    """Hyperparameters of reward-model training. Defaults: the tiny track on a CPU (about a minute)."""
+
+    steps: int = 300                 # optimizer steps (each on batch_size pairs)
+    batch_size: int = 32             # pairs per step (2 * batch_size sequences per forward)
+    learning_rate: float = 3e-4      # AdamW step size for backbone and head
+    weight_decay: float = 0.0        # AdamW decoupled weight decay
+    warmup_steps: int = 20           # linear learning-rate warm-up, then constant
+    max_grad_norm: float = 1.0       # global gradient-norm clip
+    margin: float | None = None      # passed to the loss as margin=...; None: the plain Bradley-Terry loss
+    max_pairs: int | None = None     # use only the first this many training pairs (None: all)
+    eval_batch_size: int = 128       # sequences per forward when scoring
+    seed: int = 0                    # head initialization and shuffling seed
+
+    @classmethod
+    def for_track(cls, track, **overrides) -> "RewardModelConfig":
+        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        cfg = cls(
+            steps=track.pick(cpu=300, gpu=1500, grading=8),
+            batch_size=track.pick(cpu=32, gpu=64, grading=8),
+            learning_rate=track.pick(cpu=3e-4, gpu=1e-5),
+            warmup_steps=track.pick(cpu=20, gpu=100, grading=2),
+        )
+        return replace(cfg, **overrides)
+
+
+def _reference(name: str):
+    from . import reference
+    return getattr(reference, name)
+
+
+def build_reward_model(track, last_index_fn: LastIndexFn | None = None, seed: int = 0):
+    """A fresh RewardModel: the track's policy backbone, a new scalar head, read at ``last_index_fn``'s token."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = models.RewardModel.from_pretrained(track.policy, last_index_fn=last_index_fn)
+    return model.to(track.device)
+
+
+def _pair_batches(n_pairs: int, batch_size: int, steps: int, generator: torch.Generator):
+    """Yield ``steps`` index batches, reshuffling after each pass over the pairs."""
+    order = torch.randperm(n_pairs, generator=generator)
+    pos = 0
+    for _ in range(steps):
+        if pos + batch_size > n_pairs:
+            order, pos = torch.randperm(n_pairs, generator=generator), 0
+        yield order[pos:pos + batch_size].tolist()
+        pos += batch_size
+
+
+def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None = None, track=None,
+                       last_index_fn: LastIndexFn | None = None, progress: bool = True):
+    """Train a reward model on preference pairs with ``loss_fn``; return it in eval mode.
+
+    pairs: the training split of ``alignlab.data.load_pairs()``.
+    loss_fn(chosen_rewards (B,), rejected_rewards (B,), margin=None) -> () scalar to minimize;
+        defaults to ``alignlab.reference.pairwise_reward_loss``.
+    track: from ``select_track()`` (default: the tiny track); gives the backbone and device.
+    last_index_fn: where the head reads each sequence (default: the reference ``last_token_index``).
+    The returned model has ``.train_losses`` and ``.train_accuracies`` (one float per step).
+    """
+    from .config import select_track
+
+    track = track or select_track("tiny")
+    loss_fn = loss_fn or _reference("pairwise_reward_loss")
+    tokenizer = models.load_tokenizer(track.policy)
+    model = build_reward_model(track, last_index_fn=last_index_fn, seed=config.seed)
+    pairs = list(pairs)[: config.max_pairs]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    warmup = max(config.warmup_steps, 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup))
+    generator = torch.Generator().manual_seed(config.seed)
+    losses, accuracies = [], []
+    model.train()
+    bar = tqdm(_pair_batches(len(pairs), config.batch_size, config.steps, generator),
+               total=config.steps, desc="reward model", disable=not progress)
+    for idx in bar:
+        batch = data_lib.collate_pairs([pairs[i] for i in idx], tokenizer.pad_token_id)
+        chosen_rewards, rejected_rewards = _pair_rewards(model, batch, track.device)  # (B,), (B,)
+        kwargs = {} if config.margin is None else {"margin": config.margin}
+        loss = loss_fn(chosen_rewards, rejected_rewards, **kwargs)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        losses.append(loss.item())
+        accuracies.append(pairwise_accuracy(chosen_rewards.detach(), rejected_rewards.detach()))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    model.train_losses, model.train_accuracies = losses, accuracies
+    return model
+
+
+def _pair_rewards(model, batch, device):
+    """Rewards of a collated pair batch in one forward: chosen and rejected stacked along the batch."""
+    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(device)        # (2B, T)
+    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]]).to(device)  # (2B, T)
+    rewards = model(ids, mask)  # (2B,)
+    return rewards.chunk(2)
+
+
+@torch.no_grad()
+def score_pairs(reward_model, pairs, tokenizer, batch_size: int = 128):
+    """(chosen_rewards (N,), rejected_rewards (N,)) for a list of pairs, on the CPU."""
+    device = next(reward_model.parameters()).device
+    chosen, rejected = [], []
+    for start in range(0, len(pairs), batch_size):
+        batch = data_lib.collate_pairs(list(pairs[start:start + batch_size]), tokenizer.pad_token_id)
+        c, r = _pair_rewards(reward_model, batch, device)
+        chosen.append(c.float().cpu())
+        rejected.append(r.float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
+@torch.no_grad()
+def score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id: int, batch_size: int = 128):
+    """(N,) reward of each prompt + completion (lists of token ids), on the CPU."""
+    device = next(reward_model.parameters()).device
+    out = []
+    for start in range(0, len(prompt_ids_list), batch_size):
+        batch = data_lib.collate(list(prompt_ids_list[start:start + batch_size]),
+                                 list(completion_ids_list[start:start + batch_size]), pad_id)
+        out.append(reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
+    """Share of pairs with r_chosen > r_rejected (strict: a tie is a miss)."""
+    return float((chosen_rewards > rejected_rewards).float().mean())
+
+
+def calibration(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, n_bins: int = 10):
+    """Reliability data: predicted P(a preferred) = sigmoid(r_a - r_b) against how often a was chosen.
+
+    Each pair is counted in both orientations, (chosen, rejected) labelled 1 and (rejected, chosen)
+    labelled 0, so predictions cover [0, 1]. Returns a dict of (n_bins,) tensors:
+    ``predicted`` (mean prediction in the bin), ``empirical`` (share labelled 1), ``count``; empty bins are NaN.
+    """
+    gap = (chosen_rewards - rejected_rewards).double()
+    pred = torch.cat([torch.sigmoid(gap), torch.sigmoid(-gap)])  # (2N,)
+    label = torch.cat([torch.ones_like(gap), torch.zeros_like(gap)])  # (2N,)
+    bins = torch.clamp((pred * n_bins).long(), max=n_bins - 1)
+    count = torch.bincount(bins, minlength=n_bins).double()
+    safe = count.clamp(min=1)
+    predicted = torch.bincount(bins, weights=pred, minlength=n_bins) / safe
+    empirical = torch.bincount(bins, weights=label, minlength=n_bins) / safe
+    nan = torch.full_like(count, float("nan"))
+    return {"predicted": torch.where(count > 0, predicted, nan),
+            "empirical": torch.where(count > 0, empirical, nan), "count": count}
+
+
+def plot_calibration(cal: dict, title: str = "Calibration on held-out pairs"):
+    """Reliability diagram: predicted vs empirical preference probability, point size = pairs in the bin."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfectly calibrated")
+    keep = cal["count"] > 0
+    sizes = 200 * cal["count"][keep] / cal["count"].max()
+    ax.plot(cal["predicted"][keep], cal["empirical"][keep], "-", color="tab:blue")
+    ax.scatter(cal["predicted"][keep], cal["empirical"][keep], s=sizes, color="tab:blue", zorder=3,
+               label="reward model (size = pairs)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted P(a preferred) = sigmoid(r_a - r_b)")
+    ax.set_ylabel("share of pairs where a was chosen")
+    ax.set_title(title)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Pearson correlation of two (N,) tensors."""
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    return float((x * y).sum() / (x.norm() * y.norm()).clamp(min=1e-12))
+
+
+def plot_gold_agreement(rewards: torch.Tensor, gold: torch.Tensor):
+    """Scatter of the learned reward against the gold reward on held-out completions, with Pearson r."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.scatter(gold.numpy(), rewards.numpy(), s=6, alpha=0.4)
+    ax.set_xlabel("gold reward P(positive)")
+    ax.set_ylabel("learned reward r(x, y)")
+    ax.set_title(f"Learned vs gold reward (Pearson r = {pearson(rewards, gold):.2f})")
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------- best-of-n
+
+@dataclass
+class BestOfNConfig:
+    """Sizes of the best-of-n experiment: n_max samples per prompt, scored by proxy and gold."""
+
+    n_max: int = 64                  # samples per prompt; the curve covers every n from 1 to n_max
+    n_prompts: int = 64              # held-out prompts
+    max_new_tokens: int = 24         # completion length limit
+    temperature: float = 1.0         # sampling temperature of the policy (1: the policy itself, for the KL formula)
+    prompts_per_call: int = 16       # prompts per sampling call (each expanded n_max times)
+    seed: int = 0                    # sampling seed
+
+    @classmethod
+    def for_track(cls, track, **overrides) -> "BestOfNConfig":
+        cfg = cls(
+            n_max=track.pick(cpu=64, gpu=256, grading=4),
+            n_prompts=track.pick(cpu=64, gpu=128, grading=4),
+            max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
+            prompts_per_call=track.pick(cpu=16, gpu=16, grading=4),
+        )
+        return replace(cfg, **overrides)
+
+
+@torch.no_grad()
+def best_of_n_pool(policy, tokenizer, prompts: Sequence[str], reward_model, gold, config: BestOfNConfig,
+                   progress: bool = True):
+    """Sample ``config.n_max`` completions for each prompt and score each with the proxy and the gold reward.
+
+    Returns a dict: ``proxy`` (P, N) learned rewards, ``gold`` (P, N) gold rewards, ``completions`` (P lists of N str).
+    """
+    from . import rollout
+
+    prompts = list(prompts)[: config.n_prompts]
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(config.seed)
+    proxy, golds, texts = [], [], []
+    calls = range(0, len(prompts), config.prompts_per_call)
+    for start in tqdm(calls, desc=f"best-of-{config.n_max} samples", disable=not progress):
+        chunk = prompts[start:start + config.prompts_per_call]
+        repeated = [p for p in chunk for _ in range(config.n_max)]
+        out = rollout.sample(policy, tokenizer, repeated, max_new_tokens=config.max_new_tokens,
+                             temperature=config.temperature, generator=generator)
+        completions = list(out.completions)
+        r = score_texts(reward_model, tokenizer, repeated, completions)              # (C * N,)
+        g = torch.as_tensor(gold([p + c for p, c in zip(repeated, completions)]), dtype=torch.float32)
+        proxy.append(r.view(len(chunk), config.n_max))
+        golds.append(g.cpu().view(len(chunk), config.n_max))
+        texts += [completions[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
+    return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts}
+
+
+def best_of_n_weights(N: int, n: int) -> torch.Tensor:
+    """(N,) probability that the i-th smallest of N scores (ascending) is the best of a random n-subset.
+
+    w_i = C(i-1, n-1) / C(N, n): an unbiased best-of-n estimate from one pool of N >= n samples.
+    """
+    i = torch.arange(1, N + 1, dtype=torch.float64)
+    log_w = torch.full((N,), -math.inf, dtype=torch.float64)
+    ok = i >= n
+    lc = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
+    log_w[ok] = lc(i[ok] - 1, torch.tensor(n - 1.0, dtype=torch.float64)) - lc(torch.tensor(float(N)), torch.tensor(float(n)))
+    return log_w.exp()
+
+
+def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int], select_by: str = "proxy"):
+    """Expected proxy and gold reward of best-of-n (selected by ``select_by``: "proxy" or "gold") for each n.
+
+    proxy, gold: (P, N) pools. Returns a dict of (len(ns),) tensors: ``n``, ``proxy``, ``gold``, ``gold_se``
+    (standard error of the gold mean over prompts).
+    """
+    key = proxy if select_by == "proxy" else gold
+    order = key.double().argsort(dim=1)                      # (P, N) ascending
+    p_sorted = proxy.double().gather(1, order)
+    g_sorted = gold.double().gather(1, order)
+    N = proxy.shape[1]
+    out = {"n": torch.tensor(list(ns)), "proxy": [], "gold": [], "gold_se": []}
+    for n in ns:
+        w = best_of_n_weights(N, n)                          # (N,)
+        per_prompt_gold = g_sorted @ w                       # (P,)
+        out["proxy"].append(float((p_sorted @ w).mean()))
+        out["gold"].append(float(per_prompt_gold.mean()))
+        out["gold_se"].append(float(per_prompt_gold.std() / math.sqrt(max(len(per_prompt_gold), 1))))
+    return {k: torch.as_tensor(v, dtype=torch.float64) if k != "n" else v for k, v in out.items()}
+
+
+def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None):
+    """Two panels against KL = log n - (n-1)/n: the proxy reward best-of-n optimizes, and the gold reward it gets.
+
+    ``oracle`` (optional): the same curve with the gold reward itself as the judge, drawn dashed.
+    """
+    kl = torch.as_tensor(list(kl), dtype=torch.float64)
+    fig, (ax_p, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
+    ax_p.plot(kl, curve["proxy"], "o-", color="tab:orange")
+    ax_p.set_ylabel("proxy reward (learned RM)")
+    ax_p.set_title("What best-of-n optimizes")
+    ax_g.errorbar(kl, curve["gold"], yerr=curve["gold_se"], fmt="o-", color="tab:blue", capsize=2,
+                  label="best-of-n judged by the reward model")
+    if oracle is not None:
+        ax_g.plot(kl, oracle["gold"], "--", color="grey", label="best-of-n judged by the gold reward")
+    ax_g.set_ylabel("gold reward P(positive)")
+    ax_g.set_title("What we actually get")
+    ax_g.legend(fontsize=8, loc="lower right")
+    for ax in (ax_p, ax_g):
+        ax.set_xlabel("KL(best-of-n || policy), nats")
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(kl.tolist()[::2])
+        top.set_xticklabels([str(int(n)) for n in curve["n"].tolist()[::2]], fontsize=7)
+        top.set_xlabel("n", fontsize=8)
+    fig.tight_layout()
+    return fig
