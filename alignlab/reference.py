@@ -262,11 +262,12 @@ def dpo_logits(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
     """The DPO log-ratio difference h = (pc - rc) - (pr - rr).
 
     Shapes: four (B,) summed sequence log-probs -> (B,).
+    Convention: the reference log-probs are constants (detached): no gradient reaches the reference.
     """
     _same_1d("dpo_logits", policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
              ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps)
-    chosen = _float(policy_chosen_logps) - _float(ref_chosen_logps)      # (B,) log pi/pi_ref on y_w
-    rejected = _float(policy_rejected_logps) - _float(ref_rejected_logps)  # (B,) log pi/pi_ref on y_l
+    chosen = _float(policy_chosen_logps) - _float(ref_chosen_logps).detach()        # (B,) log pi/pi_ref on y_w
+    rejected = _float(policy_rejected_logps) - _float(ref_rejected_logps).detach()  # (B,) log pi/pi_ref on y_l
     return chosen - rejected
 
 

@@ -29,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_lib
-from . import models
+from . import models, report
 
 LossFn = Callable[..., torch.Tensor]           # (chosen_rewards (B,), rejected_rewards (B,), margin=None) -> ()
 LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) -> (B,) long
@@ -71,7 +71,7 @@ def build_reward_model(track, last_index_fn: LastIndexFn | None = None, seed: in
     """A fresh RewardModel: the track's policy backbone, a new scalar head, read at ``last_index_fn``'s token."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = models.RewardModel.from_pretrained(track.policy, last_index_fn=last_index_fn)
+        model = models.RewardModel.from_policy(track, last_index_fn=last_index_fn)
     return model.to(track.device)
 
 
@@ -101,7 +101,7 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
 
     track = track or select_track("tiny")
     loss_fn = loss_fn or _reference("pairwise_reward_loss")
-    tokenizer = models.load_tokenizer(track.policy)
+    tokenizer = models.load_tokenizer(track)
     model = build_reward_model(track, last_index_fn=last_index_fn, seed=config.seed)
     pairs = list(pairs)[: config.max_pairs]
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
@@ -138,6 +138,29 @@ def _pair_rewards(model, batch, device):
     return rewards.chunk(2)
 
 
+def plot_training(model, window: int = 20):
+    """Training loss and batch accuracy of a model returned by ``train_reward_model`` (moving average over ``window``)."""
+    def smooth(v):  # (x, y): moving average, x at each window's last step
+        v = torch.as_tensor(v, dtype=torch.float64)
+        k = max(1, min(window, len(v)))
+        y = torch.nn.functional.avg_pool1d(v[None, None], k, stride=1)[0, 0] if len(v) else v
+        return list(range(k - 1, k - 1 + len(y))), y.tolist()
+
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(9, 3))
+    ax_l.plot(model.train_losses, color="lightgrey")
+    ax_l.plot(*smooth(model.train_losses))
+    ax_l.axhline(math.log(2), color="grey", ls=":", lw=1)
+    ax_l.text(0, math.log(2), "log 2 (guessing)", fontsize=8, va="bottom", color="grey")
+    ax_l.set_xlabel("step")
+    ax_l.set_title("training loss")
+    ax_a.plot(*smooth(model.train_accuracies))
+    ax_a.axhline(0.5, color="grey", ls=":", lw=1)
+    ax_a.set_xlabel("step")
+    ax_a.set_title("batch accuracy (training pairs)")
+    fig.tight_layout()
+    return fig
+
+
 @torch.no_grad()
 def score_pairs(reward_model, pairs, tokenizer, batch_size: int = 128):
     """(chosen_rewards (N,), rejected_rewards (N,)) for a list of pairs, on the CPU."""
@@ -163,9 +186,51 @@ def score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id
     return torch.cat(out) if out else torch.zeros(0)
 
 
+@torch.no_grad()
+def score_batch(reward_model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256):
+    """(B,) rewards of already-collated sequences (any padding side), in chunks, on the CPU."""
+    device = next(reward_model.parameters()).device
+    out = [reward_model(input_ids[i:i + batch_size].to(device), attention_mask[i:i + batch_size].to(device)).float().cpu()
+           for i in range(0, input_ids.shape[0], batch_size)]
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def rewards_both_paddings(reward_model, prompt_ids_list, completion_ids_list, pad_id: int):
+    """(right (B,), left (B,)): the same sequences scored once right-padded and once left-padded."""
+    device = next(reward_model.parameters()).device
+    out = []
+    for side in ("right", "left"):
+        b = data_lib.collate(list(prompt_ids_list), list(completion_ids_list), pad_id, side=side)
+        out.append(reward_model(b["input_ids"].to(device), b["attention_mask"].to(device)).float().cpu())
+    return tuple(out)
+
+
 def pairwise_accuracy(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> float:
     """Share of pairs with r_chosen > r_rejected (strict: a tie is a miss)."""
     return float((chosen_rewards > rejected_rewards).float().mean())
+
+
+def accuracy_report(chosen_rewards, rejected_rewards, gold_chosen, gold_rejected) -> dict:
+    """Held-out accuracy on the labels, the annotator-agreement ceiling, and accuracy against the gold order.
+
+    ceiling: share of pairs whose label agrees with the gold order (g_chosen > g_rejected, strict), i.e. the
+    accuracy of a model that ranks exactly as the gold reward does. Pairs with equal gold scores are left
+    out of ``gold_accuracy``. Prints the three figures and returns them.
+    """
+    gc, gr = torch.as_tensor(gold_chosen, dtype=torch.float64), torch.as_tensor(gold_rejected, dtype=torch.float64)
+    untied = gc != gr
+    gold_order = torch.where(gc > gr, chosen_rewards - rejected_rewards, rejected_rewards - chosen_rewards)
+    out = {"accuracy": pairwise_accuracy(chosen_rewards, rejected_rewards),
+           "ceiling": float((gc > gr).double().mean()),
+           "gold_accuracy": float((gold_order[untied] > 0).double().mean()),
+           "pairs": len(gc)}
+    print(f"held-out pairwise accuracy           {out['accuracy']:.3f}  ({out['pairs']:,} pairs)")
+    print(f"annotator-agreement ceiling          {out['ceiling']:.3f}  (labels that follow the gold order)")
+    print(f"agreement with the gold order        {out['gold_accuracy']:.3f}  (the reward model vs the gold reward)")
+    for k in ("accuracy", "ceiling", "gold_accuracy"):
+        report.record(f"02_reward_model/{k}", round(out[k], 4))
+    return out
 
 
 def calibration(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, n_bins: int = 10):
@@ -249,30 +314,34 @@ class BestOfNConfig:
 
 
 @torch.no_grad()
-def best_of_n_pool(policy, tokenizer, prompts: Sequence[str], reward_model, gold, config: BestOfNConfig,
+def best_of_n_pool(policy, tokenizer, prompts: Sequence[dict], reward_model, gold, config: BestOfNConfig,
                    progress: bool = True):
     """Sample ``config.n_max`` completions for each prompt and score each with the proxy and the gold reward.
 
-    Returns a dict: ``proxy`` (P, N) learned rewards, ``gold`` (P, N) gold rewards, ``completions`` (P lists of N str).
+    prompts: rows of ``alignlab.data.load_prompts`` (``prompt_ids``, ``prompt``); the first ``config.n_prompts``.
+    Returns a dict: ``proxy`` (P, N) learned rewards, ``gold`` (P, N) gold rewards of prompt + completion,
+    ``completions`` (P lists of N str), ``prompts`` (P str).
     """
     from . import rollout
 
     prompts = list(prompts)[: config.n_prompts]
-    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(config.seed)
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config.seed)
     proxy, golds, texts = [], [], []
     calls = range(0, len(prompts), config.prompts_per_call)
-    for start in tqdm(calls, desc=f"best-of-{config.n_max} samples", disable=not progress):
+    for start in tqdm(calls, desc=f"sampling {config.n_max} completions per prompt", disable=not progress):
         chunk = prompts[start:start + config.prompts_per_call]
-        repeated = [p for p in chunk for _ in range(config.n_max)]
-        out = rollout.sample(policy, tokenizer, repeated, max_new_tokens=config.max_new_tokens,
-                             temperature=config.temperature, generator=generator)
-        completions = list(out.completions)
-        r = score_texts(reward_model, tokenizer, repeated, completions)              # (C * N,)
-        g = torch.as_tensor(gold([p + c for p, c in zip(repeated, completions)]), dtype=torch.float32)
+        repeated = [row["prompt_ids"] for row in chunk for _ in range(config.n_max)]
+        ro = rollout.sample(policy, repeated, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                            generator=generator, tokenizer=tokenizer)
+        r = score_batch(reward_model, ro.input_ids, ro.attention_mask)                          # (C * N,)
+        full = tokenizer.batch_decode([p + c for p, c in zip(repeated, ro.completion_ids)], skip_special_tokens=True)
+        g = torch.as_tensor(gold(full), dtype=torch.float32)                                     # (C * N,)
         proxy.append(r.view(len(chunk), config.n_max))
         golds.append(g.cpu().view(len(chunk), config.n_max))
-        texts += [completions[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
-    return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts}
+        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
+    return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts,
+            "prompts": [row["prompt"] for row in prompts]}
 
 
 def best_of_n_weights(N: int, n: int) -> torch.Tensor:
@@ -280,12 +349,8 @@ def best_of_n_weights(N: int, n: int) -> torch.Tensor:
 
     w_i = C(i-1, n-1) / C(N, n): an unbiased best-of-n estimate from one pool of N >= n samples.
     """
-    i = torch.arange(1, N + 1, dtype=torch.float64)
-    log_w = torch.full((N,), -math.inf, dtype=torch.float64)
-    ok = i >= n
-    lc = lambda a, b: torch.lgamma(a + 1) - torch.lgamma(b + 1) - torch.lgamma(a - b + 1)  # noqa: E731
-    log_w[ok] = lc(i[ok] - 1, torch.tensor(n - 1.0, dtype=torch.float64)) - lc(torch.tensor(float(N)), torch.tensor(float(n)))
-    return log_w.exp()
+    total = math.comb(N, n)
+    return torch.tensor([math.comb(i - 1, n - 1) / total for i in range(1, N + 1)], dtype=torch.float64)
 
 
 def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int], select_by: str = "proxy"):
@@ -309,10 +374,24 @@ def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int], 
     return {k: torch.as_tensor(v, dtype=torch.float64) if k != "n" else v for k, v in out.items()}
 
 
-def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None):
+def fit_gao(kl: Sequence[float], gold: Sequence[float]) -> tuple[float, float]:
+    """Least-squares fit of Gao et al.'s best-of-n law, gold(d) - gold(0) = d (a - b d) with d = sqrt(KL).
+
+    Returns (a, b). With b > 0 the fitted gold peaks at d = a / (2 b), i.e. KL = (a / (2 b))^2.
+    """
+    d = torch.as_tensor(list(kl), dtype=torch.float64).sqrt()                 # (K,)
+    y = torch.as_tensor(list(gold), dtype=torch.float64)
+    y = y - y[0]
+    X = torch.stack([d, -d * d], dim=1)                                       # (K, 2)
+    a, b = torch.linalg.lstsq(X, y[:, None]).solution[:, 0].tolist()
+    return a, b
+
+
+def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None, fit: bool = True):
     """Two panels against KL = log n - (n-1)/n: the proxy reward best-of-n optimizes, and the gold reward it gets.
 
-    ``oracle`` (optional): the same curve with the gold reward itself as the judge, drawn dashed.
+    ``oracle`` (optional): the same curve with the gold reward itself as the judge, drawn dashed;
+    ``fit``: draw Gao et al.'s law fitted to the gold curve (see ``fit_gao``).
     """
     kl = torch.as_tensor(list(kl), dtype=torch.float64)
     fig, (ax_p, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
@@ -323,6 +402,11 @@ def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None)
                   label="best-of-n judged by the reward model")
     if oracle is not None:
         ax_g.plot(kl, oracle["gold"], "--", color="grey", label="best-of-n judged by the gold reward")
+    if fit:
+        a, b = fit_gao(kl, curve["gold"])
+        d = torch.linspace(0, float(kl.max()), 100, dtype=torch.float64).sqrt()
+        ax_g.plot(d ** 2, float(curve["gold"][0]) + d * (a - b * d), ":", color="tab:blue",
+                  label="fit d(a - b d), d = sqrt(KL)")
     ax_g.set_ylabel("gold reward P(positive)")
     ax_g.set_title("What we actually get")
     ax_g.legend(fontsize=8, loc="lower right")
@@ -334,3 +418,13 @@ def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None)
         top.set_xlabel("n", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def show_picks(pool: dict, k: int = 3, width: int = 100) -> None:
+    """For k prompts: a typical sample (the median proxy score) and the reward model's favourite of the pool."""
+    for i in range(min(k, len(pool["prompts"]))):
+        order = pool["proxy"][i].argsort()
+        print(repr(pool["prompts"][i]))
+        for label, j in (("median", int(order[len(order) // 2])), ("best", int(order[-1]))):
+            text = f"  {label:6s} proxy {pool['proxy'][i, j]:6.2f}  gold {pool['gold'][i, j]:.2f}  {pool['completions'][i][j]!r}"
+            print(text[:width])

@@ -240,10 +240,10 @@ def test_ppo_policy_loss_clips_the_pessimistic_term():
     loss, clip_fraction = R.ppo_policy_loss(lp, old, adv, torch.ones(1, 4), 0.2)
     # per token: -min(A r, A clip(r)) = [-1.2, -0.5, 1.5, 0.8]
     assert torch.isclose(loss, torch.tensor((-1.2 - 0.5 + 1.5 + 0.8) / 4))
-    assert torch.isclose(clip_fraction, torch.tensor(0.0))   # clipped term never strictly larger here
-    lp = torch.log(torch.tensor([[0.5, 1.5]]))
+    assert torch.isclose(clip_fraction, torch.tensor(0.5))   # tokens 0 and 3: the clipped term is larger
+    lp = torch.log(torch.tensor([[0.5, 1.5]]))     # moved away from the safe side: never clipped
     _, clip_fraction = R.ppo_policy_loss(lp, torch.zeros(1, 2), torch.tensor([[1.0, -1.0]]), torch.ones(1, 2), 0.2)
-    assert clip_fraction.item() == 1.0
+    assert clip_fraction.item() == 0.0
 
 
 def test_ppo_value_loss_takes_the_larger_error_and_halves_it():
@@ -273,7 +273,7 @@ def test_dpo_loss_is_ln2_when_policy_equals_reference():
 
 def test_dpo_loss_sends_no_gradient_to_the_reference_and_detaches_rewards():
     pc, pr, rc, rr = (t.clone().requires_grad_(True) for t in pairs())
-    loss, chosen_rewards, rejected_rewards = R.dpo_loss(pc, pr, rc.detach(), rr.detach(), beta=0.5)
+    loss, chosen_rewards, rejected_rewards = R.dpo_loss(pc, pr, rc, rr, beta=0.5)
     assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad
     loss.backward()
     assert rc.grad is None and rr.grad is None
@@ -342,3 +342,43 @@ def test_grpo_constant_group_gives_zero_and_single_sample_is_refused():
     assert (R.group_relative_advantages(torch.ones(2, 3)) == 0).all()
     with pytest.raises(ValueError, match="G = 2"):
         R.group_relative_advantages(torch.ones(3, 1))
+
+
+def test_ppo_losses_ignore_padding_entirely():
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    lp = torch.tensor([[0.1, -0.1, 2.0], [0.05, -3.0, 5.0]])
+    old = torch.zeros(2, 3)
+    adv = torch.tensor([[1.0, -1.0, 7.0], [0.5, 9.0, -9.0]])
+    keep = mask.bool()
+    loss, clip_fraction = R.ppo_policy_loss(lp, old, adv, mask, 0.2)
+    loss_kept, clip_kept = R.ppo_policy_loss(lp[keep][None], old[keep][None], adv[keep][None], torch.ones(1, 3), 0.2)
+    assert torch.isclose(loss, loss_kept) and torch.isclose(clip_fraction, clip_kept)
+    assert clip_fraction.item() == 0.0                   # only the padding would have been clipped
+    values, returns = torch.tensor([[1.0, 2.0, 50.0], [0.0, -40.0, 3.0]]), torch.tensor([[0.5, 2.5, 0.0], [1.0, 0.0, 0.0]])
+    v_loss = R.ppo_value_loss(values, torch.zeros(2, 3), returns, mask, 10.0)
+    assert torch.isclose(v_loss, 0.5 * ((values - returns)[keep] ** 2).mean())
+
+
+@pytest.mark.parametrize("name,extra", [("dpo_logits", ()), ("dpo_preference_probability", (0.1,)),
+                                        ("dpo_gradient_weight", (0.1,)), ("cdpo_loss", (0.1, 0.2)), ("ipo_loss", (0.1,))])
+def test_no_gradient_reaches_the_reference_log_probs(name, extra):
+    pc, pr, rc, rr = (t.clone().requires_grad_(True) for t in pairs())
+    out = getattr(R, name)(pc, pr, rc, rr, *extra)
+    out.sum().backward()
+    assert rc.grad is None and rr.grad is None
+    assert pc.grad is not None and pr.grad is not None
+
+
+def test_variant_losses_stay_finite_for_huge_gaps():
+    big = torch.tensor([1e4, -1e4], dtype=torch.float64)
+    zero = torch.zeros(2, dtype=torch.float64)
+    cdpo = R.cdpo_loss(big, zero, zero, zero, 1.0, 0.1)
+    assert math.isclose(cdpo.item(), ((0.9 * 0 + 0.1 * 1e4) + (0.9 * 1e4 + 0.1 * 0)) / 2, rel_tol=1e-9)
+    simpo = R.simpo_loss(big, zero, 1.0, 0.5)
+    assert math.isclose(simpo.item(), (0.0 + (1e4 + 0.5)) / 2, rel_tol=1e-6)
+
+
+def test_ipo_loss_value_uses_the_reference_and_averages_the_batch():
+    pc, pr, rc, rr = pairs(B=3)
+    h = (pc - rc) - (pr - rr)
+    assert torch.allclose(R.ipo_loss(pc, pr, rc, rr, 0.1), ((h - 5.0) ** 2).mean())

@@ -1,0 +1,329 @@
+"""The machinery every check shares: cases, stored references, calling the learner, comparing, diagnosing.
+
+An exercise is described by an :class:`Exercise` (its arguments, its outputs,
+how to build its fixed inputs, its known mistakes). ``scripts/make_references.py``
+builds each exercise's cases from seeds, runs ``alignlab.reference`` on them in
+float64 and stores inputs and expected outputs under ``autograder/references/``
+with a manifest of sha256 hashes. :func:`run_check` loads them back (refusing a
+missing or tampered file), calls the learner's function on every case and raises
+an ``AssertionError`` a learner can act on: which case, which input, expected
+against got, and the named mistake when the answer matches a known one.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import json
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from safetensors.torch import load as load_tensors
+from torch import Tensor
+
+from .. import paths
+
+MANIFEST = "manifest.json"
+RTOL = 1e-4   # relative tolerance: float32 arithmetic passes, bfloat16 arithmetic does not
+ATOL = 1e-5   # absolute tolerance, multiplied by the case's scale (at least 1)
+
+
+class ReferenceDataError(RuntimeError):
+    """The stored reference outputs are missing or do not match their manifest."""
+
+
+@dataclass
+class Case:
+    """One fixed input of an exercise, as built from a seed."""
+    name: str                                   # what the case tests; shown to the learner
+    args: dict[str, Any]                        # arguments in signature order: tensors, numbers, bools or None
+    hidden: bool = False                        # only run by the hidden check
+    grad: tuple[str, ...] = ()                  # arguments whose gradient is compared (they get requires_grad)
+    grad_weight: Tensor | None = None           # gradient objective: sum(output[grad_output] * grad_weight)
+    scale: float | None = None                  # magnitude for the absolute tolerance (default: from the data)
+    raises: str | None = None                   # the contract says these inputs raise this exception (e.g. "ValueError")
+    expected: list[Any] = field(default_factory=list)       # filled from the reference outputs
+    expected_grads: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class Mistake:
+    """A common wrong answer: what it would give on the same inputs, and advice."""
+    name: str                                   # short name, e.g. "sign flipped"
+    advice: str                                 # one sentence on what to change
+    fn: Callable[..., Any]                      # same arguments as the exercise (float64 tensors), returns the wrong value(s)
+    output: int | None = 0                      # which output it predicts (index into Exercise.outputs); None: any (fn returns all)
+    loose: bool = False                         # compare with a low-precision tolerance
+
+
+@dataclass
+class Exercise:
+    """Everything a check needs to know about one exercise."""
+    name: str                                   # the function's name, as in the notebook and alignlab.reference
+    outputs: tuple[str, ...] = ("output",)      # names of the returned values (a tuple when more than one)
+    kind: str = "float"                         # "float" tensors, "long" tensors, or "number" (a Python float)
+    build: Callable[[], list[Case]] | None = None  # the fixed cases, from seeds
+    grad_output: int = 0                        # which output the gradient objective reads
+    mistakes: list[Mistake] = field(default_factory=list)
+    extra: Callable[[Case, tuple], str | None] | None = None  # further contract checks; returns a message or None
+    hint: str = ""                              # one line shown with every failure
+
+    @property
+    def single(self) -> bool:
+        return len(self.outputs) == 1
+
+
+# ------------------------------------------------------------------ stored references
+def _verified_bytes(directory: Path, filename: str) -> bytes:
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise ReferenceDataError(
+            f"the checks' reference outputs are missing ({manifest_path} not found). "
+            "Run from a checkout of the course, or regenerate them with `make references`.")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as error:
+        raise ReferenceDataError(f"{manifest_path} is not valid JSON ({error}); restore it or run `make references`.") from None
+    path = directory / filename
+    if filename not in manifest.get("files", {}):
+        raise ReferenceDataError(f"{filename} is not listed in {manifest_path}; regenerate with `make references`.")
+    if not path.exists():
+        raise ReferenceDataError(f"the reference file {path} is missing; restore it (git checkout) or run `make references`.")
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != manifest["files"][filename]:
+        raise ReferenceDataError(
+            f"the reference file {path} has been modified: its sha256 does not match {MANIFEST}. "
+            "The checks refuse to grade against it; restore it (git checkout) or run `make references`.")
+    return data
+
+
+def load_cases(exercise: Exercise, directory: Path | None = None) -> list[Case]:
+    """The exercise's cases with their expected outputs, from verified reference files."""
+    directory = Path(directory or paths.REFERENCE_DIR)
+    meta = json.loads(_verified_bytes(directory, f"{exercise.name}.json"))
+    tensors = load_tensors(_verified_bytes(directory, f"{exercise.name}.safetensors"))
+
+    def value(entry):
+        return tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
+
+    cases = []
+    for c in meta["cases"]:
+        cases.append(Case(
+            name=c["name"], hidden=c["hidden"], grad=tuple(c["grad"]), scale=c.get("scale"), raises=c.get("raises"),
+            args={k: value(v) for k, v in c["args"]},
+            grad_weight=tensors.get(c["grad_weight"]) if c.get("grad_weight") else None,
+            expected=[value(o) for o in c["outputs"]],
+            expected_grads={k: tensors[v] for k, v in c.get("expected_grads", {}).items()},
+        ))
+    return cases
+
+
+# ------------------------------------------------------------------ calling the learner
+def _code_of(fn) -> Any:
+    fn = inspect.unwrap(fn)
+    return getattr(fn, "__code__", None)
+
+
+def reference_function(name: str):
+    from .. import reference
+    return getattr(reference, name)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Swallow warnings and stderr from learner code: nbgrader zeroes a test cell that writes to stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+
+
+RAISED = object()   # what call_learner returns when the case expects an exception and fn raised it
+
+
+def call_learner(exercise: Exercise, fn: Callable, case: Case, args: list[Any]) -> Any:
+    """Call ``fn(*args)``; turn its exceptions and any delegation into AssertionErrors."""
+    target = _code_of(reference_function(exercise.name))
+    seen = []
+
+    def profiler(frame, event, arg):
+        if event == "call" and frame.f_code is target:
+            seen.append(True)
+
+    previous = sys.getprofile()
+    try:
+        with _quiet():
+            sys.setprofile(profiler)
+            try:
+                result = fn(*args)
+            finally:
+                sys.setprofile(previous)
+    except NotImplementedError:
+        raise AssertionError(
+            f"{exercise.name}: not implemented yet. Replace `raise NotImplementedError` with your code, "
+            "run the cell that defines the function, then this one.") from None
+    except Exception as error:  # the learner's bug: say which case and what happened
+        if case.raises and case.raises in [k.__name__ for k in type(error).__mro__]:
+            result = RAISED   # the contract asks for this exception here
+        else:
+            raise AssertionError(
+                f"{exercise.name}: your function raised {type(error).__name__}: {error}\n"
+                f"  case: {case.name}\n  inputs:\n{describe_inputs(case.args)}") from error
+    if seen:
+        raise AssertionError(
+            f"{exercise.name}: your function calls alignlab.reference.{exercise.name}, the course's own answer, "
+            "so it scores nothing. Write the computation yourself (calling the reference versions "
+            "of earlier exercises is fine).")
+    return result
+
+
+def learner_args(case: Case) -> list[Any]:
+    """Fresh copies of the case's arguments (the learner may modify them in place)."""
+    out = []
+    for name, v in case.args.items():
+        if isinstance(v, Tensor):
+            v = v.clone()
+            if name in case.grad:
+                v.requires_grad_(True)
+        out.append(v)
+    return out
+
+
+def float64_args(case: Case) -> list[Any]:
+    """The case's arguments with floating tensors in float64 (for computing mistakes)."""
+    return [v.double() if isinstance(v, Tensor) and v.is_floating_point() else
+            (v.clone() if isinstance(v, Tensor) else v) for v in case.args.values()]
+
+
+# ------------------------------------------------------------------ comparing
+def case_scale(case: Case) -> float:
+    """Magnitude behind the absolute tolerance: the largest finite expected value, at least 1."""
+    if case.scale is not None:
+        return float(case.scale)
+    m = 1.0
+    for v in case.expected:
+        if isinstance(v, Tensor) and v.is_floating_point() and v.numel():
+            finite = v.double()[torch.isfinite(v.double())]
+            if finite.numel():
+                m = max(m, float(finite.abs().max()))
+        elif isinstance(v, (int, float)):
+            m = max(m, abs(float(v)))
+    return m
+
+
+def tolerances(case: Case, loose: bool = False) -> tuple[float, float]:
+    if loose:
+        return 3e-2, 3e-2 * case_scale(case)
+    return RTOL, ATOL * case_scale(case)
+
+
+def close(got: Tensor, expected: Tensor, rtol: float, atol: float) -> bool:
+    """Elementwise |got - expected| <= atol + rtol |expected|, with NaN/inf required at the same places."""
+    got, expected = got.double(), expected.double()
+    if got.shape != expected.shape:
+        return False
+    fin_e, fin_g = torch.isfinite(expected), torch.isfinite(got)
+    if not torch.equal(fin_e, fin_g):
+        return False
+    if not torch.equal(torch.nan_to_num(expected[~fin_e], nan=0.0), torch.nan_to_num(got[~fin_g], nan=0.0)):
+        return False
+    diff = (got[fin_g] - expected[fin_e]).abs()
+    return bool((diff <= atol + rtol * expected[fin_e].abs()).all())
+
+
+def as_tensor_output(x) -> Tensor | None:
+    return x.detach() if isinstance(x, Tensor) else None
+
+
+def diagnose(exercise: Exercise, case: Case, index: int, got: Tensor) -> str:
+    """The names of known mistakes whose answer equals ``got`` on this case ('' when none matches)."""
+    found = []
+    for mistake in exercise.mistakes:
+        if mistake.output is not None and mistake.output != index:
+            continue
+        try:
+            with _quiet(), torch.no_grad():
+                candidate = mistake.fn(*float64_args(case))
+        except Exception:
+            continue
+        if isinstance(candidate, tuple):
+            candidate = candidate[index]
+        if isinstance(candidate, (int, float)):
+            candidate = torch.tensor(float(candidate), dtype=torch.float64)
+        if not isinstance(candidate, Tensor):
+            continue
+        rtol, atol = tolerances(case, mistake.loose)
+        if candidate.shape == got.shape and close(got, candidate, rtol, atol) \
+                and not close(candidate, _expected_tensor(case.expected[index]), *tolerances(case)):
+            found.append(mistake)
+    if not found:
+        return ""
+    m = found[0]
+    also = f" (It also matches: {', '.join(x.name for x in found[1:])}.)" if len(found) > 1 else ""
+    return f"\n  This is what a known mistake gives: {m.name}. {m.advice}{also}"
+
+
+def _expected_tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else torch.tensor(float(x), dtype=torch.float64)
+
+
+# ------------------------------------------------------------------ formatting
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _numbers(t: Tensor, k: int = 8) -> str:
+    """Small tensors in full, row by row; larger ones as their first k values."""
+    t = t.detach()
+    t = t.double() if t.is_floating_point() else t
+    if t.numel() <= 24 and t.dim() <= 2:
+        rows = t.tolist() if t.dim() == 2 else [t.tolist()]
+        text = ", ".join("[" + ", ".join(_fmt(v) for v in row) + "]" for row in rows)
+        return f"[{text}]" if t.dim() == 2 else text
+    flat = t.reshape(-1)
+    return "[" + ", ".join(_fmt(v) for v in flat[:k].tolist()) + ", ...]"
+
+
+def describe(x: Any) -> str:
+    """A short, readable description: shape, dtype and a few values."""
+    if isinstance(x, Tensor):
+        dtype = str(x.dtype).replace("torch.", "")
+        if x.dim() == 0:
+            return f"tensor of shape () {dtype}: {x.item():.6g}" if x.is_floating_point() else f"tensor of shape () {dtype}: {x.item()}"
+        return f"tensor of shape {tuple(x.shape)} {dtype}: {_numbers(x)}"
+    if isinstance(x, float):
+        return f"{x:.6g}"
+    if isinstance(x, tuple):
+        return f"a tuple of {len(x)} values"
+    return repr(x) if not hasattr(x, "shape") else f"{type(x).__name__} of shape {getattr(x, 'shape')}"
+
+
+def describe_inputs(args: dict[str, Any]) -> str:
+    return "\n".join(f"    {name} = {describe(v)}" for name, v in args.items())
+
+
+# ------------------------------------------------------------------ building cases (used by make_references)
+def generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(g: torch.Generator, *shape: int, scale: float = 1.0, shift: float = 0.0, dtype=torch.float32) -> Tensor:
+    """Seeded normal values, drawn in float64 then cast (the same on every machine and thread count)."""
+    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale + shift).to(dtype)
+
+
+def randint(g: torch.Generator, high: int, *shape: int) -> Tensor:
+    return torch.randint(0, high, shape, generator=g, dtype=torch.long)
+
+
+def spans(T: int, rows: list[tuple[int, int]], dtype=torch.long) -> Tensor:
+    """A (B, T) mask with ones on [start, stop) of each row."""
+    mask = torch.zeros(len(rows), T, dtype=dtype)
+    for b, (start, stop) in enumerate(rows):
+        mask[b, start:stop] = 1
+    return mask

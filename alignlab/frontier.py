@@ -1,0 +1,146 @@
+"""The reward-vs-KL frontier (Figure 2 of the DPO paper): gold reward against sequence KL for several methods.
+
+Each method gives a cloud of (KL, gold) points: a DPO run per beta and a PPO run
+per KL coefficient, each evaluated several times along its trajectory (so one
+run gives several points), and best-of-n for several n (KL = log n - (n-1)/n).
+A point is a dict ``{"method", "setting", "step", "kl", "gold"}``.
+
+>>> points = dpo_points(make_policy, reference, pairs, dpo_loss, betas=[0.1, 0.5], config=config, eval_fn=eval_fn)
+>>> points += best_of_n_points(policy, tokenizer, prompts, gold, ns=[1, 2, 4, 8, 16])
+>>> plot_frontier(points)
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import Callable, Sequence
+
+import torch
+
+from . import reference as ref_math
+from .dpo import DPOConfig, train_dpo
+
+METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), "base policy": ("k", "*")}
+
+
+def points_from_history(method: str, setting: str, history) -> list[dict]:
+    """One point per evaluation of a run (a DPOHistory or PPOHistory; rows with ``gold`` and ``kl``)."""
+    step_key = "step" if history.evals and "step" in history.evals[0] else "iteration"
+    return [{"method": method, "setting": setting, "step": e.get(step_key, i), "kl": float(e["kl"]), "gold": float(e["gold"])}
+            for i, e in enumerate(history.evals)]
+
+
+def dpo_points(make_policy: Callable[[], torch.nn.Module], reference, pairs, loss_fn: Callable,
+               betas: Sequence[float], config: DPOConfig, eval_fn: Callable, progress: Callable | None = None,
+               histories: dict | None = None) -> list[dict]:
+    """Train one DPO run per beta from a fresh policy (``make_policy()``); every evaluation is a point.
+
+    ``loss_fn`` has the exercise signature (four (B,) log-probs, beta); beta is bound per run.
+    ``histories`` (optional dict) receives each run's DPOHistory under its beta.
+    """
+    points = []
+    for beta in betas:
+        policy = make_policy()
+        run_config = replace(config, beta=beta)
+        history = train_dpo(policy, reference, pairs, functools.partial(loss_fn, beta=beta), run_config, eval_fn)
+        points += points_from_history("DPO", f"beta={beta:g}", history)
+        if histories is not None:
+            histories[beta] = history
+        if progress is not None:
+            progress(f"DPO beta={beta:g}: gold {history.final['gold']:.3f} at KL {history.final['kl']:.2f} "
+                     f"({history.seconds:.0f} s)")
+        del policy
+    return points
+
+
+def ppo_points(kl_coefs: Sequence[float], run_ppo: Callable, progress: Callable | None = None) -> list[dict]:
+    """One PPO run per KL coefficient: ``run_ppo(kl_coef)`` returns a history with ``evals`` (gold, kl)."""
+    points = []
+    for kl_coef in kl_coefs:
+        history = run_ppo(kl_coef)
+        points += points_from_history("PPO", f"kl_coef={kl_coef:g}", history)
+        if progress is not None:
+            progress(f"PPO kl_coef={kl_coef:g}: gold {history.final['gold']:.3f} at KL {history.final['kl']:.2f}")
+    return points
+
+
+@torch.no_grad()
+def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Sequence[int], max_new_tokens: int = 24,
+                     seed: int = 0, prompts_per_call: int = 16) -> list[dict]:
+    """Best-of-n from the base policy, judged by the gold reward, for each n in ``ns``.
+
+    ``prompts`` are rows of ``load_prompts`` (with ``prompt_ids``). Samples max(ns)
+    completions per prompt at temperature 1, then for each n takes the expected
+    gold of the best of n (unbiased, from the one pool), at the analytic KL
+    log n - (n-1)/n. Judged by the gold itself, it is an upper bound on what
+    best-of-n with a learned reward model gets (like the paper's PPO-GT).
+    """
+    from .reward_model import best_of_n_curve
+    from .rollout import sample
+
+    n_max = max(ns)
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
+    golds = []
+    for start in range(0, len(prompts), prompts_per_call):
+        chunk = [list(p["prompt_ids"]) for p in prompts[start:start + prompts_per_call]]
+        repeated = [ids for ids in chunk for _ in range(n_max)]
+        out = sample(policy, repeated, max_new_tokens, temperature=1.0, eos_id=tokenizer.eos_token_id,
+                     pad_id=tokenizer.pad_token_id, generator=generator)
+        texts = tokenizer.batch_decode([p + c for p, c in zip(repeated, out.completion_ids)], skip_special_tokens=True)
+        scores = torch.as_tensor(gold(texts), dtype=torch.float32)                        # (C * N,)
+        golds.append(scores.cpu().view(len(chunk), n_max))                                 # (C, N)
+    pool = torch.cat(golds)                                                                # (P, N)
+    curve = best_of_n_curve(pool, pool, list(ns), select_by="gold")
+    return [{"method": "best-of-n", "setting": f"n={n}", "step": 0, "kl": ref_math.best_of_n_kl(n), "gold": float(g)}
+            for n, g in zip(ns, curve["gold"].tolist())]
+
+
+def best_points(points: Sequence[dict], max_kl: float) -> dict:
+    """For each method, its point with the highest gold at KL <= max_kl (None when it has none)."""
+    out = {}
+    for p in points:
+        if p["kl"] <= max_kl and (p["method"] not in out or p["gold"] > out[p["method"]]["gold"]):
+            out[p["method"]] = p
+    return out
+
+
+def plot_frontier(points: Sequence[dict], base: dict | None = None, title: str = "Gold reward vs KL", ax=None):
+    """Scatter gold reward against sequence KL, one colour per method, one line per run (setting)."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4.5))
+    runs: dict[tuple[str, str], list[dict]] = {}
+    for p in points:
+        runs.setdefault((p["method"], p["setting"]), []).append(p)
+    labelled = set()
+    for (method, setting), run in runs.items():
+        colour, marker = METHOD_STYLE.get(method, ("C7", "x"))
+        run = sorted(run, key=lambda p: (p["step"], p["kl"]))
+        label = method if method not in labelled else None
+        labelled.add(method)
+        line = "-" if method != "best-of-n" else "--"
+        ax.plot([p["kl"] for p in run], [p["gold"] for p in run], line, color=colour, alpha=0.35, lw=1)
+        ax.scatter([p["kl"] for p in run], [p["gold"] for p in run], color=colour, marker=marker, s=22, label=label)
+        last = run[-1]
+        ax.annotate(setting, (last["kl"], last["gold"]), fontsize=7, color=colour, xytext=(3, 3),
+                    textcoords="offset points")
+    if base is not None:
+        ax.scatter([0.0], [base["gold"]], color="k", marker="*", s=90, label="base policy", zorder=3)
+    ax.set(xlabel="sequence KL(policy || reference), nats", ylabel="gold reward (mean P(positive))", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    plt.show()
+    return ax
+
+
+def frontier_table(points: Sequence[dict]) -> str:
+    """A plain-text table of the points, sorted by method, setting and step."""
+    rows = sorted(points, key=lambda p: (p["method"], p["setting"], p["step"]))
+    lines = [f"{'method':<10} {'setting':<14} {'step':>5} {'KL':>6} {'gold':>6}"]
+    lines += [f"{p['method']:<10} {p['setting']:<14} {p['step']:>5} {p['kl']:>6.2f} {p['gold']:>6.3f}" for p in rows]
+    return "\n".join(lines)
+
+
+__all__ = ["points_from_history", "dpo_points", "ppo_points", "best_of_n_points", "best_points", "plot_frontier",
+           "frontier_table"]

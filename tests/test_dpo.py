@@ -1,0 +1,215 @@
+"""The DPO loop (alignlab.dpo): log-probs of pairs, the frozen reference, the loop's contract with its loss function."""
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import math
+import re
+
+import matplotlib
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+matplotlib.use("Agg")
+
+from alignlab import dpo, reference  # noqa: E402
+from alignlab.config import Track  # noqa: E402
+from alignlab.data import collate_pairs  # noqa: E402
+
+VOCAB, PAD, GOOD, BAD = 24, 0, 5, 6
+
+
+def tiny_model(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2,
+                     resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1, pad_token_id=PAD)
+    return GPT2LMHeadModel(cfg)
+
+
+def make_pairs(n: int, seed: int = 0) -> list[dict]:
+    """Prompts of 2-4 random tokens; chosen completions are runs of GOOD, rejected runs of BAD (lengths differ)."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        prompt = torch.randint(7, VOCAB, (int(torch.randint(2, 5, (1,), generator=g)),), generator=g).tolist()
+        rows.append({"prompt_ids": prompt,
+                     "chosen_ids": [GOOD] * int(torch.randint(1, 6, (1,), generator=g)),
+                     "rejected_ids": [BAD] * int(torch.randint(1, 6, (1,), generator=g))})
+    return rows
+
+
+def with_stored_reference(rows, model):
+    """Copy of ``rows`` with ref_chosen_logp / ref_rejected_logp computed one row at a time under ``model``."""
+    out = []
+    for r in rows:
+        batch = collate_pairs([r], pad_id=PAD)
+        with torch.no_grad():
+            c, rj = dpo.pair_logps(model.eval(), batch)
+        out.append({**r, "ref_chosen_logp": c.item(), "ref_rejected_logp": rj.item()})
+    return out
+
+
+def frozen(model):
+    ref = copy.deepcopy(model).eval()
+    return ref.requires_grad_(False)
+
+
+def config(**kw) -> dpo.DPOConfig:
+    base = dict(beta=0.5, lr=3e-3, steps=30, batch_size=8, warmup_steps=0, eval_every=10, pad_token_id=PAD)
+    base.update(kw)
+    return dpo.DPOConfig(**base)
+
+
+# ------------------------------------------------------------ log-probs
+def test_pair_logps_of_a_row_does_not_depend_on_the_padding_around_it():
+    model = tiny_model().eval()
+    rows = make_pairs(6)
+    batch = collate_pairs(rows, pad_id=PAD)
+    with torch.no_grad():
+        chosen, rejected = dpo.pair_logps(model, batch)
+        for i, r in enumerate(rows):
+            c1, r1 = dpo.pair_logps(model, collate_pairs([r], pad_id=PAD))
+            assert torch.allclose(chosen[i], c1[0], atol=1e-5) and torch.allclose(rejected[i], r1[0], atol=1e-5)
+    assert chosen.shape == rejected.shape == (6,)
+
+
+def test_pair_logps_are_sums_of_completion_tokens_and_averages_divide_by_length():
+    model = tiny_model().eval()
+    rows = make_pairs(5)
+    batch = collate_pairs(rows, pad_id=PAD)
+    with torch.no_grad():
+        logits = model(batch["chosen_input_ids"], attention_mask=batch["chosen_attention_mask"]).logits
+        token = reference.token_logprobs(logits, batch["chosen_input_ids"])                  # (B, T-1)
+        expected = (token * batch["chosen_completion_mask"][:, 1:]).sum(-1)
+        summed, _ = dpo.pair_logps(model, batch)
+        averaged, _ = dpo.pair_logps(model, batch, average=True)
+    lengths = torch.tensor([len(r["chosen_ids"]) for r in rows], dtype=torch.float32)
+    assert torch.allclose(summed, expected, atol=1e-5)
+    assert torch.allclose(averaged, expected / lengths, atol=1e-5)
+
+
+def test_reference_logps_carry_no_gradient_even_from_a_model_that_requires_it():
+    model = tiny_model()
+    batch = collate_pairs(make_pairs(4), pad_id=PAD)
+    chosen, rejected = dpo.reference_logps(model, batch)
+    assert not chosen.requires_grad and not rejected.requires_grad
+
+
+def test_stored_reference_logps_match_the_reference_model_and_average_by_length():
+    model = tiny_model().eval()
+    rows = with_stored_reference(make_pairs(6), model)
+    batch = collate_pairs(rows, pad_id=PAD)
+    from_model = dpo.reference_logps(model, batch, average=True)
+    from_pairs = dpo.reference_logps(None, batch, average=True)
+    for a, b in zip(from_model, from_pairs):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_reference_none_without_stored_logps_says_what_to_do():
+    with pytest.raises(ValueError, match="frozen reference"):
+        dpo.reference_logps(None, collate_pairs(make_pairs(2), pad_id=PAD))
+
+
+# ------------------------------------------------------------ the loop
+def test_first_loss_is_ln2_when_the_policy_equals_the_reference():
+    policy = tiny_model()
+    history = dpo.train_dpo(policy, frozen(policy), make_pairs(16), functools.partial(reference.dpo_loss, beta=0.5),
+                            config(steps=1))
+    assert history.steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    assert history.steps[0]["rewards/accuracies"] == 0.0   # strict >: ties are not correct
+
+
+def test_training_learns_the_preference_and_leaves_the_reference_untouched():
+    policy = tiny_model()
+    ref = tiny_model()                       # same weights, a separate module that even requires grad
+    before = {k: v.clone() for k, v in ref.state_dict().items()}
+    history = dpo.train_dpo(policy, ref, make_pairs(64), functools.partial(reference.dpo_loss, beta=0.5), config())
+    assert history.steps[-1]["loss"] < 0.5 < math.log(2)
+    assert history.steps[-1]["rewards/accuracies"] > 0.9 and history.steps[-1]["rewards/margins"] > 0
+    assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items()), "the reference changed"
+    assert all(p.grad is None for p in ref.parameters()), "gradient reached the reference"
+    assert any(not torch.equal(a, b) for a, b in zip(policy.parameters(), ref.parameters()))
+
+
+def test_stored_reference_logps_train_like_the_reference_model():
+    losses = []
+    for use_model in (True, False):
+        policy = tiny_model()
+        rows = with_stored_reference(make_pairs(32), tiny_model())
+        ref = frozen(tiny_model()) if use_model else None
+        h = dpo.train_dpo(policy, ref, rows, functools.partial(reference.dpo_loss, beta=0.5), config(steps=5))
+        losses.append(h.column("loss"))
+    assert losses[0] == pytest.approx(losses[1], abs=1e-4)
+
+
+def test_loss_fn_gets_four_batch_vectors_and_may_return_a_bare_loss():
+    seen = []
+
+    def bare_loss(pc, pr, rc, rr):
+        seen.append((pc.shape, pr.shape, rc.shape, rr.shape, pc.requires_grad, rc.requires_grad))
+        return -torch.nn.functional.logsigmoid(0.5 * ((pc - rc) - (pr - rr))).mean()
+
+    policy = tiny_model()
+    history = dpo.train_dpo(policy, frozen(policy), make_pairs(16), bare_loss, config(steps=3, batch_size=4, beta=0.25))
+    assert seen[0] == ((4,), (4,), (4,), (4,), True, False)
+    assert len(seen) == 3 and len(history.steps) == 3
+    assert history.steps[0]["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert history.steps[-1]["rewards/margins"] != 0.0     # implicit rewards from config.beta
+
+
+def test_average_logps_feeds_per_token_averages():
+    seen = []
+
+    def spy(pc, pr, rc, rr):
+        seen.append((pc.detach(), rc))
+        return (pc - pr).mean() * 0
+
+    policy = tiny_model()
+    rows = make_pairs(4)
+    dpo.train_dpo(policy, frozen(policy), rows, spy, config(steps=1, batch_size=4, average_logps=True))
+    order = torch.randperm(4, generator=torch.Generator().manual_seed(0)).tolist()
+    batch = collate_pairs([rows[i] for i in order], pad_id=PAD)
+    expected, _ = dpo.pair_logps(policy.eval(), batch, average=True)
+    assert torch.allclose(seen[0][0], expected.detach(), atol=1e-5)
+    assert torch.allclose(seen[0][1], expected.detach(), atol=1e-5)
+
+
+def test_eval_fn_runs_at_the_start_every_eval_every_steps_and_at_the_end():
+    calls = []
+
+    def eval_fn(policy):
+        calls.append(policy.training)
+        return {"gold": 0.5, "kl": float(len(calls))}
+
+    policy = tiny_model()
+    history = dpo.train_dpo(policy, frozen(policy), make_pairs(16), functools.partial(reference.dpo_loss, beta=0.1),
+                            config(steps=7, eval_every=3), eval_fn=eval_fn)
+    assert history.column("step", evals=True) == [0, 3, 6, 7]
+    assert history.final == {"step": 7, "gold": 0.5, "kl": 4.0}
+    assert not any(calls), "evaluation should see the policy in eval mode"
+
+
+# ------------------------------------------------------------ config and widget
+def test_config_fields_each_have_a_comment_and_tracks_scale():
+    source = inspect.getsource(dpo.DPOConfig)
+    for name in dpo.DPOConfig.__dataclass_fields__:
+        assert re.search(rf"^\s+{name}:.*#\s*\S", source, re.M), f"field {name} has no comment"
+    tiny = dpo.DPOConfig.for_track(Track("tiny", "x", "cpu", False, ""))
+    grading = dpo.DPOConfig.for_track(Track("tiny", "x", "cpu", True, ""))
+    gpu = dpo.DPOConfig.for_track(Track("gpt2", "gpt2", "cuda", False, ""), beta=0.5)
+    assert grading.steps < tiny.steps < gpu.steps and gpu.beta == 0.5 and gpu.lr < tiny.lr
+
+
+def test_beta_explorer_draws_with_the_given_functions():
+    calls = []
+
+    def prob(*args):
+        calls.append("p")
+        return reference.dpo_preference_probability(*args)
+
+    widget = dpo.beta_explorer(prob, reference.dpo_gradient_weight)
+    assert "beta" in [c.description for c in widget.children if hasattr(c, "description")]
+    widget.children[0].value = 1.0
+    assert calls, "moving the slider should redraw with the learner's function"

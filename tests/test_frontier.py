@@ -1,0 +1,104 @@
+"""The reward-vs-KL frontier (alignlab.frontier): points from runs, the sweep helpers, the plot."""
+from __future__ import annotations
+
+import math
+
+import matplotlib
+import pytest
+import torch
+
+matplotlib.use("Agg")
+
+from alignlab import frontier, reference  # noqa: E402
+from alignlab.dpo import DPOHistory  # noqa: E402
+from alignlab.ppo import PPOHistory  # noqa: E402
+
+from test_dpo import config, frozen, make_pairs, tiny_model  # noqa: E402
+
+
+def test_every_evaluation_of_a_run_becomes_a_point():
+    dpo_run = DPOHistory(evals=[{"step": 0, "gold": 0.5, "kl": 0.0}, {"step": 50, "gold": 0.7, "kl": 3.0}])
+    ppo_run = PPOHistory(evals=[{"iteration": 10, "gold": 0.6, "kl": 2.0, "score": 0.1}])
+    points = frontier.points_from_history("DPO", "beta=0.1", dpo_run) + frontier.points_from_history("PPO", "kl_coef=0.05", ppo_run)
+    assert points == [
+        {"method": "DPO", "setting": "beta=0.1", "step": 0, "kl": 0.0, "gold": 0.5},
+        {"method": "DPO", "setting": "beta=0.1", "step": 50, "kl": 3.0, "gold": 0.7},
+        {"method": "PPO", "setting": "kl_coef=0.05", "step": 10, "kl": 2.0, "gold": 0.6},
+    ]
+
+
+def test_dpo_points_train_one_fresh_policy_per_beta_with_that_beta():
+    base = tiny_model()
+    made, seen_betas = [], []
+
+    def make_policy():
+        made.append(tiny_model())
+        return made[-1]
+
+    def loss_fn(pc, pr, rc, rr, beta):
+        seen_betas.append(beta)
+        return reference.dpo_loss(pc, pr, rc, rr, beta)
+
+    kl_calls = iter(range(100))
+    histories = {}
+    points = frontier.dpo_points(make_policy, frozen(base), make_pairs(16), loss_fn, [0.1, 0.5], config(steps=4, eval_every=2),
+                                 lambda policy: {"gold": 0.5, "kl": float(next(kl_calls))}, histories=histories)
+    assert len(made) == 2 and made[0] is not made[1]
+    assert sorted(set(seen_betas)) == [0.1, 0.5]
+    assert [p["setting"] for p in points] == ["beta=0.1"] * 3 + ["beta=0.5"] * 3
+    assert [p["step"] for p in points] == [0, 2, 4, 0, 2, 4]
+    assert histories[0.5].config["beta"] == 0.5
+
+
+def test_ppo_points_call_the_runner_once_per_kl_coefficient():
+    calls = []
+
+    def run(kl_coef):
+        calls.append(kl_coef)
+        return PPOHistory(evals=[{"iteration": 0, "gold": 0.5, "kl": 0.0}, {"iteration": 5, "gold": 0.8, "kl": 10 * kl_coef}])
+
+    points = frontier.ppo_points([0.05, 0.2], run)
+    assert calls == [0.05, 0.2]
+    assert [(p["setting"], p["kl"]) for p in points] == [("kl_coef=0.05", 0.0), ("kl_coef=0.05", 0.5),
+                                                         ("kl_coef=0.2", 0.0), ("kl_coef=0.2", 2.0)]
+
+
+def test_best_points_take_the_highest_gold_within_the_kl_budget():
+    points = [{"method": "DPO", "kl": 2.0, "gold": 0.7}, {"method": "DPO", "kl": 12.0, "gold": 0.95},
+              {"method": "DPO", "kl": 8.0, "gold": 0.86}, {"method": "PPO", "kl": 11.0, "gold": 0.9}]
+    best = frontier.best_points(points, max_kl=10.0)
+    assert best == {"DPO": {"method": "DPO", "kl": 8.0, "gold": 0.86}}
+
+
+def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
+    from alignlab.models import load_tokenizer
+    from alignlab.paths import TINY_POLICY_DIR
+
+    tokenizer = load_tokenizer(TINY_POLICY_DIR)
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        bos_token_id=tokenizer.eos_token_id)).eval()
+
+    def gold(texts):                                   # a "reward" that likes long texts
+        return torch.tensor([min(len(t), 200) / 200 for t in texts])
+
+    prompts = [{"prompt_ids": tokenizer.encode(text)} for text in ("The film", "I watched")]
+    points = frontier.best_of_n_points(policy, tokenizer, prompts, gold, ns=[1, 4, 16], max_new_tokens=6)
+    assert [p["setting"] for p in points] == ["n=1", "n=4", "n=16"]
+    assert [p["kl"] for p in points] == pytest.approx([0.0, math.log(4) - 0.75, math.log(16) - 15 / 16])
+    golds = [p["gold"] for p in points]
+    assert golds[0] <= golds[1] <= golds[2] and golds[2] > golds[0]
+
+
+def test_frontier_plot_and_table_show_every_method():
+    points = [{"method": m, "setting": s, "step": st, "kl": kl, "gold": g} for m, s, st, kl, g in [
+        ("DPO", "beta=0.1", 0, 0.0, 0.5), ("DPO", "beta=0.1", 50, 4.0, 0.8),
+        ("PPO", "kl_coef=0.05", 10, 3.0, 0.7), ("best-of-n", "n=4", 0, 0.64, 0.65)]]
+    ax = frontier.plot_frontier(points, base={"gold": 0.5, "kl": 0.0})
+    labels = ax.get_legend_handles_labels()[1]
+    assert {"DPO", "PPO", "best-of-n", "base policy"} <= set(labels)
+    table = frontier.frontier_table(points)
+    assert table.count("\n") == 4 and "kl_coef=0.05" in table and "0.800" in table

@@ -1,0 +1,79 @@
+"""Adversarial submissions are graded as they deserve, with a readable reason, and never hurt the others.
+
+They are graded in the same parallel batch as the solutions and the untouched notebooks
+(tests/adversarial/grading_batch.py), so "the others are graded correctly" is checked on that very batch.
+"""
+from __future__ import annotations
+
+import time
+
+import nbformat
+import pytest
+
+from adversarial import ASSIGNMENT, CASES, reason_matches
+from adversarial.grading_batch import grades, graded_batch, reason_of
+from alignlab.grading import batch
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def graded():
+    return graded_batch()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_adversarial_submission_is_graded_as_it_deserves(graded, case):
+    job = graded.jobs[(case.name, ASSIGNMENT)]
+    status = job.result["status"]
+    if case.status != "any":
+        assert status == case.status, f"{case.name}: {status} ({job.result.get('reason')})"
+    score = grades(job).get("test_log_softmax", (0.0, 1.0, ""))[0] if status == "graded" else 0.0
+    assert score == case.score, f"{case.name}: scored {score}, deserves {case.score}; reason: {reason_of(job)}"
+    reason = reason_of(job)
+    assert reason_matches(case, reason), f"{case.name}: unhelpful reason {reason!r}"
+    if case.score == 0:
+        assert len(reason) > 15, f"{case.name}: the reason is too terse: {reason!r}"
+
+
+def test_the_honest_students_in_the_same_batch_are_graded_correctly(graded):
+    sol = grades(graded.jobs[("solutions", ASSIGNMENT)])["test_log_softmax"]
+    stub = grades(graded.jobs[("stubs", ASSIGNMENT)])["test_log_softmax"]
+    assert sol[0] == sol[1] and stub[0] == 0
+
+
+def test_the_redefined_check_is_reported_in_the_graded_notebook(graded):
+    nb = nbformat.read(graded.course.autograded / "adv_redefined_check" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", 4)
+    test_cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_log_softmax")
+    text = "".join(o.get("text", "") for o in test_cell.outputs)
+    assert "original checks were restored" in text
+
+
+def test_huge_output_is_truncated_in_the_graded_notebook(graded):
+    path = graded.course.autograded / "adv_huge_output" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
+    assert path.stat().st_size < 2_000_000, f"{path} is {path.stat().st_size} bytes"
+
+
+def test_failed_submission_is_flagged_for_review_in_the_gradebook(graded):
+    with graded.course.gradebook() as gb:
+        nb = gb.find_submission_notebook(ASSIGNMENT, ASSIGNMENT, "adv_mangled_file")
+        assert nb.flagged and all(g.needs_manual_grade for g in nb.grades)
+
+
+def test_a_submission_over_the_time_limit_is_killed_with_its_kernel(graded, tmp_path):
+    """The per-submission timeout kills the worker and its kernel; the result says why."""
+    import psutil
+    c = batch.Course(runtime=tmp_path / "runtime")
+    nb = nbformat.read(batch.course.REPO_ROOT / "notebooks" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", 4)
+    loop = next(case for case in CASES if case.name == "adv_unbreakable_loop").build(nb)
+    folder = c.submitted / "looper" / ASSIGNMENT
+    folder.mkdir(parents=True)
+    nbformat.write(loop, folder / f"{ASSIGNMENT}.ipynb")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    template = graded.course.work / "template.db"           # made by the batch
+    job = batch.run_one(batch.collect(c)[0], c.work, template, timeout=20, cell_timeout=60)
+    assert job.result["status"] == "failed" and "timed out" in job.result["reason"]
+    time.sleep(1)
+    left = [p for p in psutil.Process().children(recursive=True)
+            if p.pid not in before and "forkserver" not in " ".join(p.cmdline())]
+    assert not left, f"processes left behind: {[p.cmdline() for p in left]}"

@@ -1,0 +1,190 @@
+"""Notebook 02's plumbing: reward-model training with a given loss, its evaluations, best-of-n from one pool."""
+import itertools
+import math
+import shutil
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from alignlab import paths, reward_model  # noqa: E402
+from alignlab.config import Track  # noqa: E402
+from alignlab.reward_model import RewardModelConfig  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+# ------------------------------------------------------------------ metrics
+def test_accuracy_is_strict_a_tie_is_a_miss():
+    chosen = torch.tensor([1.0, 2.0, 0.0, 5.0])
+    rejected = torch.tensor([0.0, 2.0, 1.0, 4.0])
+    assert reward_model.pairwise_accuracy(chosen, rejected) == pytest.approx(0.5)
+
+
+def test_calibration_counts_both_orientations_and_is_symmetric():
+    gap = torch.linspace(-3, 3, 101)
+    cal = reward_model.calibration(gap, torch.zeros_like(gap), n_bins=10)
+    assert float(cal["count"].sum()) == 2 * 101
+    assert torch.allclose(cal["predicted"], 1 - cal["predicted"].flip(0), atol=1e-6)
+    assert torch.allclose(cal["empirical"], 1 - cal["empirical"].flip(0), atol=1e-6)
+
+
+def test_calibration_of_a_calibrated_model_lies_on_the_diagonal():
+    g = torch.Generator().manual_seed(0)
+    gap = torch.randn(20000, generator=g, dtype=torch.float64) * 2
+    chosen_is_a = torch.rand(20000, generator=g, dtype=torch.float64) < torch.sigmoid(gap)
+    # orient every pair as (chosen, rejected): when b was chosen the gap flips
+    chosen_minus_rejected = torch.where(chosen_is_a, gap, -gap)
+    cal = reward_model.calibration(chosen_minus_rejected, torch.zeros_like(gap), n_bins=10)
+    keep = cal["count"] > 500
+    assert torch.allclose(cal["empirical"][keep], cal["predicted"][keep], atol=0.03)
+    assert isinstance(reward_model.plot_calibration(cal), matplotlib.figure.Figure)
+
+
+def test_pearson_of_a_line_is_one():
+    x = torch.arange(10.0)
+    assert reward_model.pearson(x, 3 * x + 1) == pytest.approx(1.0)
+    assert reward_model.pearson(x, -x) == pytest.approx(-1.0)
+
+
+# ------------------------------------------------------------------ best-of-n
+def test_best_of_n_weights_equal_brute_force_over_all_subsets():
+    N, n = 6, 3
+    scores = torch.arange(N, dtype=torch.float64)          # already ascending
+    counts = torch.zeros(N, dtype=torch.float64)
+    subsets = list(itertools.combinations(range(N), n))
+    for s in subsets:
+        counts[max(s)] += 1
+    assert torch.allclose(reward_model.best_of_n_weights(N, n), counts / len(subsets))
+    assert float(reward_model.best_of_n_weights(N, n) @ scores) == pytest.approx(float(counts @ scores) / len(subsets))
+
+
+def test_best_of_n_weights_edge_cases():
+    assert torch.allclose(reward_model.best_of_n_weights(5, 1), torch.full((5,), 0.2, dtype=torch.float64))
+    assert torch.equal(reward_model.best_of_n_weights(5, 5), torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64))
+    assert float(reward_model.best_of_n_weights(64, 17).sum()) == pytest.approx(1.0)
+
+
+def test_best_of_n_curve_proxy_rises_and_the_gold_judge_is_an_upper_bound():
+    g = torch.Generator().manual_seed(0)
+    gold = torch.rand(32, 16, generator=g)
+    proxy = gold + 0.3 * torch.randn(32, 16, generator=g)   # a noisy proxy
+    ns = [1, 2, 4, 8, 16]
+    curve = reward_model.best_of_n_curve(proxy, gold, ns)
+    oracle = reward_model.best_of_n_curve(proxy, gold, ns, select_by="gold")
+    assert curve["gold"][0] == pytest.approx(float(gold.double().mean()))   # n = 1: no selection
+    assert torch.all(curve["proxy"].diff() > 0)
+    assert torch.all(oracle["gold"] >= curve["gold"] - 1e-9)
+    assert oracle["gold"][-1] == pytest.approx(float(gold.double().max(1).values.mean()))
+    kl = [math.log(n) - (n - 1) / n for n in ns]
+    assert isinstance(reward_model.plot_best_of_n(curve, kl, oracle=oracle), matplotlib.figure.Figure)
+
+
+# ------------------------------------------------------------------ configs
+def make_track(name="tiny", grading=False, policy="x"):
+    return Track(name, policy, "cpu", grading, "test")
+
+
+def test_config_scales_down_under_the_grader_and_up_on_the_gpu_track():
+    cpu = RewardModelConfig.for_track(make_track())
+    grading = RewardModelConfig.for_track(make_track(grading=True))
+    gpu = RewardModelConfig.for_track(make_track("gpt2"))
+    assert grading.steps < cpu.steps < gpu.steps
+    assert RewardModelConfig.for_track(make_track(), steps=7).steps == 7
+    bon = reward_model.BestOfNConfig.for_track
+    assert bon(make_track(grading=True)).n_max < bon(make_track()).n_max < bon(make_track("gpt2")).n_max
+
+
+# ------------------------------------------------------------------ training
+@pytest.fixture(scope="module")
+def toy_track(tmp_path_factory):
+    """A 1-layer random GPT-2 with the course tokenizer, saved like the tiny policy."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab import models
+
+    src = paths.TINY_POLICY_DIR
+    if not (src / "tokenizer.json").exists():
+        pytest.skip("the course tokenizer (data/tiny-gpt2) is not built yet")
+    folder = tmp_path_factory.mktemp("toy-gpt2")
+    for f in src.glob("tokenizer*"):
+        shutil.copy(f, folder / f.name)
+    for f in ("special_tokens_map.json",):
+        if (src / f).exists():
+            shutil.copy(src / f, folder / f)
+    tok = models.load_tokenizer(folder)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=32, n_layer=1, n_head=2)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    return make_track(policy=str(folder)), tok
+
+
+def toy_pairs(n=64, good=5, bad=6, seed=0):
+    """Pairs where the chosen completion ends in token ``good`` and the rejected one in ``bad``."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n):
+        prompt = torch.randint(10, 200, (3,), generator=g).tolist()
+        body = torch.randint(10, 200, (int(torch.randint(1, 5, (1,), generator=g)),), generator=g).tolist()
+        rows.append({"prompt_ids": prompt, "chosen_ids": body + [good], "rejected_ids": body + [bad]})
+    return rows
+
+
+def test_training_learns_a_separable_preference(toy_track):
+    track, tok = toy_track
+    config = RewardModelConfig(steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=1)
+    rm = reward_model.train_reward_model(toy_pairs(), config, track=track, progress=False)
+    assert not rm.training
+    held_out = toy_pairs(seed=1)
+    chosen, rejected = reward_model.score_pairs(rm, held_out, tok)
+    assert reward_model.pairwise_accuracy(chosen, rejected) == 1.0
+    assert len(rm.train_losses) == 40 and rm.train_losses[-1] < rm.train_losses[0]
+
+
+def test_training_uses_the_given_loss_and_reader(toy_track):
+    track, tok = toy_track
+    read = []
+
+    def last_index(mask):
+        read.append(mask.shape)
+        return (torch.arange(mask.shape[1]) * mask).amax(1)
+
+    def flipped_loss(chosen, rejected, margin=None):         # prefers the rejected completion
+        return -F.logsigmoid(rejected - chosen).mean()
+
+    config = RewardModelConfig(steps=40, batch_size=16, learning_rate=3e-3, warmup_steps=1)
+    rm = reward_model.train_reward_model(toy_pairs(), config, loss_fn=flipped_loss, track=track,
+                                         last_index_fn=last_index, progress=False)
+    assert read, "the reward model did not read with the given last_index_fn"
+    chosen, rejected = reward_model.score_pairs(rm, toy_pairs(seed=1), tok)
+    assert reward_model.pairwise_accuracy(chosen, rejected) == 0.0
+    assert isinstance(reward_model.plot_training(rm), matplotlib.figure.Figure)
+
+
+def test_margin_reaches_the_loss(toy_track):
+    track, _ = toy_track
+    seen = []
+
+    def loss(chosen, rejected, margin=None):
+        seen.append(margin)
+        return -F.logsigmoid(chosen - rejected).mean()
+
+    config = RewardModelConfig(steps=2, batch_size=4, margin=0.5)
+    reward_model.train_reward_model(toy_pairs(8), config, loss_fn=loss, track=track, progress=False)
+    assert seen == [0.5, 0.5]
+
+
+def test_gao_fit_recovers_a_known_law():
+    kl = [math.log(n) - (n - 1) / n for n in (1, 2, 4, 8, 16, 32, 64)]
+    gold = [0.5 + math.sqrt(k) * (0.3 - 0.1 * math.sqrt(k)) for k in kl]
+    a, b = reward_model.fit_gao(kl, gold)
+    assert a == pytest.approx(0.3, abs=1e-9) and b == pytest.approx(0.1, abs=1e-9)
