@@ -73,15 +73,20 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
-    """Write rows as JSON lines (gzip when the name ends in ``.gz``, with a fixed mtime so rebuilds are byte-identical)."""
+    """Write rows as JSON lines (gzip when the name ends in ``.gz``, with a fixed mtime so rebuilds are byte-identical).
+
+    The file is written next to its destination and renamed into place, so a reader never sees half a file.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
     if str(path).endswith(".gz"):
-        with open(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
             f.write(text)
     else:
-        path.write_bytes(text)
+        tmp.write_bytes(text)
+    tmp.replace(path)
 
 
 def load_prompts(split: str) -> list[dict]:

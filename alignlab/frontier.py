@@ -78,6 +78,8 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
     from .reward_model import best_of_n_curve
     from .rollout import sample
 
+    if not ns:
+        return []
     n_max = max(ns)
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     golds = []

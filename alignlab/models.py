@@ -18,6 +18,7 @@ the attention mask, ``(attention_mask.cumsum(-1) - 1).clamp(min=0)``.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import os
@@ -52,6 +53,20 @@ def _load_error(src: str, local: bool, what: str, err: Exception) -> RuntimeErro
     return RuntimeError(f"Could not load the {what} from {src}: {err}\n{hint}")
 
 
+@contextlib.contextmanager
+def _quiet():
+    """No "Loading weights" progress bar on stderr (nbgrader zeroes a test cell that writes to stderr)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     """GPT-2 position ids for a left- or right-padded batch: (B, T) long, 0 on leading padding."""
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
@@ -63,7 +78,8 @@ def load_tokenizer(track_or_path):
 
     src, local = _source(track_or_path)
     try:
-        tok = AutoTokenizer.from_pretrained(src)
+        with _quiet():
+            tok = AutoTokenizer.from_pretrained(src)
     except Exception as e:  # noqa: BLE001 - every failure gets the same advice
         raise _load_error(src, local, "tokenizer", e) from e
     if tok.eos_token is None:
@@ -84,7 +100,8 @@ def load_policy(track_or_path, device=None):
     src, local = _source(track_or_path)
     tok = load_tokenizer(track_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(src)
+        with _quiet():
+            model = AutoModelForCausalLM.from_pretrained(src)
     except Exception as e:  # noqa: BLE001
         raise _load_error(src, local, "policy", e) from e
     if model.get_input_embeddings().num_embeddings < len(tok):
@@ -105,19 +122,19 @@ def frozen_copy(model: nn.Module) -> nn.Module:
     return ref
 
 
-def _last_token_index_fallback(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Position of the last 1 in each row, (B,) long; right or left padding."""
-    T = attention_mask.shape[-1]
-    positions = torch.arange(T, device=attention_mask.device).expand_as(attention_mask)
-    return torch.where(attention_mask.bool(), positions, -1).max(dim=-1).values
-
-
 def _default_last_index_fn():
-    try:
-        from .reference import last_token_index
-        return last_token_index
-    except ImportError:
-        return _last_token_index_fallback
+    from .reference import last_token_index   # imported lazily: reference is the course's exercise module
+    return last_token_index
+
+
+def check_batch(model_config, input_ids: torch.Tensor) -> None:
+    """Refuse, with advice, an empty batch or sequences longer than the model's context (GPT-2: n_positions)."""
+    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (B, T) batch of token ids, got shape {tuple(input_ids.shape)}")
+    ctx = getattr(model_config, "n_positions", None) or getattr(model_config, "max_position_embeddings", None)
+    if ctx is not None and input_ids.shape[1] > ctx:
+        raise ValueError(f"sequences of {input_ids.shape[1]} tokens exceed the model's context of {ctx} positions: "
+                         "truncate the prompt or the completion.")
 
 
 def _check_mask(attention_mask: torch.Tensor) -> None:
@@ -153,6 +170,7 @@ class RewardModel(nn.Module):
         return rm.to(next(policy.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        check_batch(self.backbone.config, input_ids)
         _check_mask(attention_mask)
         out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                             position_ids=position_ids_from_mask(attention_mask))
@@ -183,6 +201,7 @@ class PolicyWithValue(nn.Module):
         return cls(policy).to(next(policy.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        check_batch(self.policy.config, input_ids)
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
                           position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
         hidden = out.hidden_states[-1]                                        # (B, T, H), after the final layer norm

@@ -48,16 +48,18 @@ class RewardModelConfig:
     margin: float | None = None      # passed to the loss as margin=...; None: the plain Bradley-Terry loss
     max_pairs: int | None = None     # use only the first this many training pairs (None: all)
     eval_batch_size: int = 128       # sequences per forward when scoring
+    eval_pairs: int | None = 1000    # held-out pairs the notebook evaluates on (None: all)
     seed: int = 0                    # head initialization and shuffling seed
 
     @classmethod
     def for_track(cls, track, **overrides) -> "RewardModelConfig":
         """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
         cfg = cls(
-            steps=track.pick(cpu=300, gpu=1500, grading=8),
+            steps=track.pick(cpu=150, gpu=1500, grading=8),
             batch_size=track.pick(cpu=32, gpu=64, grading=8),
             learning_rate=track.pick(cpu=3e-4, gpu=1e-5),
             warmup_steps=track.pick(cpu=20, gpu=100, grading=2),
+            eval_pairs=track.pick(cpu=1000, gpu=100_000, grading=64),
         )
         return replace(cfg, **overrides)
 

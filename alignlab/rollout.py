@@ -13,11 +13,12 @@ log p(x[t+1] | x[..t]) of the sampled token at the sampling temperature, so
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 
-from .models import position_ids_from_mask
+from .models import check_batch, position_ids_from_mask
 
 
 @dataclass
@@ -47,6 +48,16 @@ def _context(model) -> int | None:
     return getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None)
 
 
+def _cache_kwarg(model) -> str:
+    """transformers >= 5.2x names the KV cache ``cache``; earlier versions ``past_key_values``."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _cache_of(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def _device(model):
     return next(model.parameters()).device
 
@@ -66,7 +77,9 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
         generator: a torch.Generator (on the model's device) for reproducible samples.
         tokenizer: when given, ``texts`` holds the decoded completions.
 
-    The model is used as it is (call ``.eval()`` first to sample without dropout).
+    The pad token is never sampled (its logit is set to -inf; a model that was
+    never trained to emit it gives it almost no mass anyway). The model is used
+    as it is (call ``.eval()`` first to sample without dropout).
     """
     model = _unwrap(policy)
     cfg = model.config
@@ -77,6 +90,8 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
                          "load the model with alignlab.models.load_policy, which sets both.")
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     prompts = [list(p) for p in prompt_ids_list]
     if len(prompts) == 0:
         raise ValueError("empty batch: sample needs at least one prompt")
@@ -97,13 +112,16 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
 
     out = model(input_ids=input_ids, attention_mask=attention_mask,
                 position_ids=position_ids_from_mask(attention_mask), use_cache=True)
-    past, logits = out.past_key_values, out.logits[:, -1]                       # (B, V)
+    cache_kw = _cache_kwarg(model)
+    past, logits = _cache_of(out), out.logits[:, -1]                            # (B, V)
     next_pos = attention_mask.sum(-1)                                           # (B,)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     tokens, token_lps, alive_cols = [], [], []
     mask = attention_mask
     for step in range(max_new_tokens):
-        logp = torch.log_softmax(logits.float() / temperature, dim=-1)          # (B, V)
+        logits = logits.float()
+        logits[:, pad_id] = float("-inf")                                       # pad is never a completion token
+        logp = torch.log_softmax(logits / temperature, dim=-1)                  # (B, V)
         tok = torch.multinomial(logp.exp(), 1, generator=generator).squeeze(-1)  # (B,)
         lp = logp.gather(-1, tok[:, None]).squeeze(-1)                          # (B,)
         alive = ~done
@@ -116,8 +134,8 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
             break
         mask = torch.cat([mask, alive.long()[:, None]], dim=1)                  # (B, P+step+1)
         out = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos[:, None],
-                    past_key_values=past, use_cache=True)
-        past, logits = out.past_key_values, out.logits[:, -1]
+                    use_cache=True, **{cache_kw: past})
+        past, logits = _cache_of(out), out.logits[:, -1]
         next_pos = next_pos + 1
 
     comp = torch.stack(tokens, dim=1)                                           # (B, L)
@@ -137,21 +155,20 @@ def sequence_token_logprobs(model, input_ids: torch.Tensor, attention_mask: torc
                             temperature: float = 1.0) -> torch.Tensor:
     """Log-probs of the given tokens: (B, T-1) float32, entry t = log p(x[t+1] | x[..t]) at ``temperature``.
 
-    Left or right padding (position ids come from the mask). Entries whose target
-    token x[t+1] is padding are 0, so an all-zero mask row gives a row of zeros,
-    never NaN. Gradients flow (wrap in ``torch.no_grad()`` for a reference model).
+    Left or right padding (position ids come from the mask). Entry t is 0 unless
+    both x[t] and x[t+1] are real tokens (so a left-padded row has no entry for
+    its first token, exactly like an unpadded one), and an all-zero mask row
+    gives zeros, never NaN. Completion entries are always kept: select them
+    with ``completion_mask[:, 1:]``. Gradients flow (wrap in
+    ``torch.no_grad()`` for a reference model).
     """
     model = _unwrap(model)
-    if input_ids.dim() != 2 or input_ids.shape[0] == 0:
-        raise ValueError(f"input_ids must be a non-empty (B, T) batch, got shape {tuple(input_ids.shape)}")
-    ctx = _context(model)
-    if ctx is not None and input_ids.shape[1] > ctx:
-        raise ValueError(f"sequences of {input_ids.shape[1]} tokens exceed the model's context of {ctx} positions: "
-                         "truncate the prompt or the completion.")
+    check_batch(model.config, input_ids)
     if not temperature > 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     logits = model(input_ids=input_ids, attention_mask=attention_mask,
                    position_ids=position_ids_from_mask(attention_mask)).logits[:, :-1]   # (B, T-1, V)
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)                       # (B, T-1, V)
     token_logp = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)                     # (B, T-1)
-    return torch.where(attention_mask[:, 1:].bool(), token_logp, torch.zeros_like(token_logp))
+    real = attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()                   # (B, T-1)
+    return torch.where(real, token_logp, torch.zeros_like(token_logp))

@@ -179,5 +179,11 @@ def gold_per_nat(run_final: dict, base: dict) -> float:
     return (run_final["gold"] - base["gold"]) / kl if kl > 1e-6 else math.nan
 
 
+def same_weights(model_a, model_b) -> bool:
+    """True when two models have identical parameters (e.g. a copy of the SFT model that has not trained yet)."""
+    pa, pb = list(model_a.parameters()), list(model_b.parameters())
+    return len(pa) == len(pb) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(pa, pb))
+
+
 __all__ = ["flip_labels", "label_agreement", "pair_lengths", "loss_shape", "plot_loss_shapes", "summary_table",
-           "plot_runs", "plot_lengths", "gold_per_nat"]
+           "plot_runs", "plot_lengths", "gold_per_nat", "same_weights"]

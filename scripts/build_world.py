@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from alignlab import paths  # noqa: E402
 
 STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card")
-PRETRAIN_STEPS = 1800        # about 22 min at 1 thread on the shared 2-core machine
+PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
 
@@ -128,7 +128,8 @@ numpy; a test proves it equals scikit-learn's `predict_proba`.
 
 - Held-out accuracy, full reviews: **{gm.get('accuracy_full', float('nan')):.3f}**
 - Held-out accuracy, first 32 tokens only: **{gm.get('accuracy_32_tokens', float('nan')):.3f}**
-- Speed: {gm.get('texts_per_second_32_tokens', 0):,.0f} short (32-token) texts per second, one core of the shared build machine.
+- Speed on 32-token texts: {gm.get('texts_per_cpu_second_32_tokens', 0):,.0f} texts per second of CPU time (one core;
+  {gm.get('texts_per_second_32_tokens', 0):,.0f} per wall-clock second on the busy shared build machine).
 
 ## Prompts and preference pairs
 

@@ -1,6 +1,6 @@
 """Pretrain the tiny GPT-2 policy on IMDb review openings; save it in Hugging Face format (safetensors).
 
-    .venv/bin/python scripts/pretrain_policy.py --steps 6000 [--out data/tiny-gpt2] [--bf16]
+    .venv/bin/python scripts/pretrain_policy.py --steps 900 [--out data/tiny-gpt2] [--bf16]
 
 Each training example is the first ``OPENING`` tokens of a train review, with
 EOS appended when the review ends within them. A fixed seed and a fixed number
@@ -32,7 +32,7 @@ OPENING = 62    # tokens of each review the policy learns from (+ EOS when the r
 
 @dataclass
 class PretrainConfig:
-    steps: int = 6000            # optimizer steps (fixed: no time limit, so a rebuild is reproducible)
+    steps: int = 900             # optimizer steps (fixed: no time limit, so a rebuild is reproducible)
     batch_size: int = 32         # review openings per step
     lr: float = 2e-3             # peak AdamW learning rate
     warmup: int = 100            # linear warm-up steps, then cosine decay to lr/10
@@ -41,8 +41,9 @@ class PretrainConfig:
     n_embd: int = 128            # width
     n_head: int = 4              # attention heads
     n_positions: int = 64        # context length
+    dropout: float = 0.0         # saved in the config: no dropout, so PPO/DPO log-prob ratios start at exactly 1
     seed: int = 0                # initialization and batch order
-    bf16: bool = False           # bf16 autocast for the forward pass (about 1.6x faster on the dev CPU)
+    bf16: bool = False           # bf16 autocast for the forward pass (off: 8x slower on this build CPU, no native bf16)
     threads: int = 2             # torch threads (results depend slightly on it)
 
 
@@ -86,7 +87,8 @@ def pretrain(cfg: PretrainConfig, out_dir: Path, log_every: int = 100):
     train_ids, train_mask = encode_openings(tok, [r["text"] for r in load_reviews("train")])
     test_ids, test_mask = encode_openings(tok, [r["text"] for r in load_reviews("test")])
     config = GPT2Config(vocab_size=len(tok), n_positions=cfg.n_positions, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                        n_head=cfg.n_head, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                        n_head=cfg.n_head, resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout,
+                        attn_pdrop=cfg.dropout, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
                         pad_token_id=tok.pad_token_id)
     model = GPT2LMHeadModel(config)
     model.train()

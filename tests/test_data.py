@@ -4,6 +4,15 @@ import torch
 
 from alignlab.data import collate, collate_pairs, load_pairs, load_prompts, load_reviews, read_jsonl, write_jsonl
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a busy shared 2-core machine, two threads spin-wait and run several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 PAD = 1
 
 
@@ -110,3 +119,10 @@ def test_pairs_rows_carry_everything_the_notebooks_need():
         assert 0.0 <= r["p_chosen"] <= 1.0 and r["ref_chosen_logp"] < 0
     noise = sum(r["gold_chosen"] < r["gold_rejected"] for r in pairs) / len(pairs)
     assert 0.02 < noise < 0.4      # Bradley-Terry labels: noisy, but mostly agree with gold
+
+
+def test_data_folder_is_small_and_has_no_pickle():
+    from alignlab import paths
+    files = [f for f in paths.DATA_DIR.rglob("*") if f.is_file()]
+    assert sum(f.stat().st_size for f in files) <= 25e6
+    assert not [f for f in files if f.suffix in {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".npy"}]

@@ -29,13 +29,23 @@ __all__ = ["make_reference", "dpo_training_step"]
 _VOCAB = 32
 
 
+@contextlib.contextmanager
+def _quiet():
+    """No warnings or stderr from learner code: nbgrader zeroes a test cell that writes to stderr."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with contextlib.redirect_stderr(io.StringIO()):
+            yield
+
+
 def _model(seed: int):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    torch.manual_seed(seed)
-    cfg = GPT2Config(vocab_size=_VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2,
-                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0)
-    return GPT2LMHeadModel(cfg).eval()
+    with _quiet(), torch.random.fork_rng(devices=[]):     # leave the learner's random state alone
+        torch.manual_seed(seed)
+        cfg = GPT2Config(vocab_size=_VOCAB, n_positions=32, n_embd=16, n_layer=1, n_head=2, resid_pdrop=0.0,
+                         embd_pdrop=0.0, attn_pdrop=0.0, pad_token_id=0, bos_token_id=1, eos_token_id=1)
+        return GPT2LMHeadModel(cfg).eval()
 
 
 def _batch(n: int, seed: int) -> dict:
@@ -48,15 +58,6 @@ def _batch(n: int, seed: int) -> dict:
 
     rows = [{"prompt_ids": ids(2, 5), "chosen_ids": ids(1, 7), "rejected_ids": ids(1, 7)} for _ in range(n)]
     return collate_pairs(rows, pad_id=0)
-
-
-@contextlib.contextmanager
-def _quiet():
-    """No warnings or stderr from learner code: nbgrader zeroes a test cell that writes to stderr."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        with contextlib.redirect_stderr(io.StringIO()):
-            yield
 
 
 def _call(name: str, fn, *args):

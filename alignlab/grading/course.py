@@ -54,7 +54,8 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
                                         GetGrades, IgnorePattern, LimitOutput, OverwriteKernelspec,
                                         SaveAutoGrades)
 
-    from .preprocessors import GradingExecute, HideHiddenTests, KeepStderrVisible, RobustOverwriteCells
+    from .preprocessors import (GradingExecute, HideHiddenTests, KeepStderrVisible, LimitOutputChars,
+                                RobustOverwriteCells)
 
     root = Path(root).resolve()
     runtime = Path(runtime).resolve() if runtime else runtime_dir(root)
@@ -75,21 +76,19 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
     c.ClearSolutions.text_stub = STUB_TEXT
 
     # Execution under the grader: our kernel, a timeout per cell, survive a dying kernel.
-    c.Execute.kernel_name = KERNEL_NAME
-    c.GradingExecute.kernel_name = KERNEL_NAME
+    c.Execute.kernel_name = KERNEL_NAME             # (applies to GradingExecute, a subclass)
     c.Execute.timeout = cell_timeout
-    c.GradingExecute.timeout = cell_timeout
     c.Execute.interrupt_on_timeout = True
+    c.IgnorePattern.enabled = True                  # (off by default in nbgrader)
     c.IgnorePattern.pattern = IGNORE_STDERR
     c.LimitOutput.max_lines = 200
     c.LimitOutput.max_traceback = 60
-    c.OverwriteCells.add_missing_cells = True
-    c.RobustOverwriteCells.add_missing_cells = True
+    c.OverwriteCells.add_missing_cells = True       # (applies to RobustOverwriteCells, a subclass)
 
     c.Autograde.sanitize_preprocessors = [ClearOutput, DeduplicateIds, OverwriteKernelspec,
                                           RobustOverwriteCells, CheckCellMetadata]
     c.Autograde.autograde_preprocessors = [GradingExecute, IgnorePattern, KeepStderrVisible,
-                                           ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+                                           ClearMetadataPreprocessor, LimitOutput, LimitOutputChars, SaveAutoGrades,
                                            AssignLatePenalties, CheckCellMetadata]
     # Feedback for students: nbgrader's own feedback would show hidden test code; HideHiddenTests removes it.
     c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -6,6 +6,7 @@
   exercises keep their points (nbgrader itself would fail the whole submission).
 - ``KeepStderrVisible``: stderr left in a graded cell after ``IgnorePattern`` is shown as stdout, so printing to
   stderr does not cost points (a check fails by raising, never by printing).
+- ``LimitOutputChars``: caps each text output's characters (a single 5 MB line passes nbgrader's line limit).
 - ``RobustOverwriteCells``: nbgrader's OverwriteCells, but a missing test cell is re-added even when the cell
   before it was deleted as well (nbgrader's own version raises KeyError there).
 - ``HideHiddenTests``: for feedback: removes the hidden-test region from test cells and every traceback frame
@@ -19,7 +20,7 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
-from traitlets import List
+from traitlets import Integer, List
 
 from .hidden import HIDDEN_BEGIN, hidden_lines, strip_ansi, strip_hidden_region
 
@@ -72,6 +73,21 @@ class KeepStderrVisible(NbGraderPreprocessor):
                 if out.output_type == "stream" and out.name == "stderr":
                     out.name = "stdout"
                     out.text = "".join(f"[stderr] {line}" for line in out.text.splitlines(keepends=True))
+        return cell, resources
+
+
+class LimitOutputChars(NbGraderPreprocessor):
+    """Cap every text output at ``max_chars`` (nbgrader's LimitOutput counts lines; one line can be megabytes)."""
+
+    max_chars = Integer(20_000, help="most characters kept per text output").tag(config=True)
+
+    def preprocess_cell(self, cell, resources, index):
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and len(out.text) > self.max_chars:
+                out.text = out.text[: self.max_chars] + f"\n... output truncated at {self.max_chars} characters ...\n"
+            data = out.get("data", {})
+            if isinstance(data.get("text/plain"), str) and len(data["text/plain"]) > self.max_chars:
+                data["text/plain"] = data["text/plain"][: self.max_chars] + "\n... truncated ..."
         return cell, resources
 
 

@@ -43,6 +43,8 @@ def _copy_submission(src: Path, dst: Path) -> list[str]:
 def cell_reason(cell) -> str:
     """Why a graded cell lost its points, from its outputs: the error's name and first line of its message."""
     for out in cell.get("outputs", []):
+        if out.get("output_type") == "error" and out.get("ename") == "KeyboardInterrupt":
+            return "timed out: the cell ran past the grader's time limit and was interrupted (an endless loop?)"
         if out.get("output_type") == "error":
             first = (out.get("evalue") or "").strip().splitlines()
             return f"{out.get('ename')}: {first[0] if first else ''}"[:REASON_LEN]
@@ -51,7 +53,7 @@ def cell_reason(cell) -> str:
 
 def cell_reasons(nb) -> dict[str, str]:
     """grade_id -> reason, for every nbgrader cell; a failing test after a failing answer cell names both."""
-    out, earlier, from_answer = {}, "", False
+    out, earlier = {}, ""
     for cell in nb.cells:
         meta = cell.metadata.get("nbgrader", {})
         reason = cell_reason(cell)
@@ -59,10 +61,9 @@ def cell_reasons(nb) -> dict[str, str]:
             if reason and earlier:
                 reason = f"{reason} (after an error in your cell {earlier})"
             out[meta["grade_id"]] = reason[:REASON_LEN]
-            earlier, from_answer = "", False
-        elif reason and cell.cell_type == "code" and not from_answer and (meta.get("solution") or not earlier):
-            earlier = f"{meta.get('grade_id', '')}: {reason}".lstrip(": ")    # an answer cell's error wins
-            from_answer = bool(meta.get("solution"))
+            earlier = ""
+        elif reason and cell.cell_type == "code" and meta.get("solution") and not earlier:
+            earlier = f"{meta['grade_id']}: {reason}"
     return out
 
 
