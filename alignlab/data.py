@@ -5,7 +5,7 @@ completion; ``completion_mask`` is aligned with ``input_ids`` and is 1 on
 completion tokens (including a final EOS), 0 on prompt and padding.
 
 >>> reviews = load_reviews("train")          # 22,500 dicts: text, label (1 = positive)
->>> prompts = load_prompts("test")           # dicts: prompt, prompt_ids, split, review
+>>> prompts = load_prompts("test")           # dicts: prompt, prompt_ids, split, review, review_label
 >>> pairs = load_pairs("train")              # dicts: prompt_ids, chosen_ids, rejected_ids, gold_*, p_chosen, ...
 >>> batch = collate_pairs(pairs[:32], pad_id=tokenizer.pad_token_id)
 """

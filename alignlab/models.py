@@ -55,15 +55,17 @@ def _load_error(src: str, local: bool, what: str, err: Exception) -> RuntimeErro
 
 @contextlib.contextmanager
 def _quiet():
-    """No "Loading weights" progress bar on stderr (nbgrader zeroes a test cell that writes to stderr)."""
+    """No progress bar or info message on stderr while loading (nbgrader zeroes a test cell that writes to stderr)."""
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
-        if was_enabled:
+        hf_logging.set_verbosity(level)
+        if bar:
             hf_logging.enable_progress_bar()
 
 
@@ -105,7 +107,8 @@ def load_policy(track_or_path, device=None):
     except Exception as e:  # noqa: BLE001
         raise _load_error(src, local, "policy", e) from e
     if model.get_input_embeddings().num_embeddings < len(tok):
-        model.resize_token_embeddings(len(tok))
+        with _quiet():   # the new pad row starts at the mean embedding, so its logit is typical, not huge
+            model.resize_token_embeddings(len(tok))
     model.config.pad_token_id = tok.pad_token_id
     model.config.eos_token_id = tok.eos_token_id
     if model.generation_config is not None:

@@ -112,7 +112,9 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     completion_ids = [list(c) for c in out.completion_ids]
     texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, completion_ids)], skip_special_tokens=True)
     scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)
-    ref_logps = completion_logps(reference, out.input_ids, out.attention_mask, out.completion_mask).float().cpu()
+    ref_logps = torch.cat([completion_logps(reference, out.input_ids[i:i + 128], out.attention_mask[i:i + 128],
+                                            out.completion_mask[i:i + 128]).float().cpu()
+                           for i in range(0, len(prompt_ids), 128)])                   # (P * G,), 128 rows at a time
     golds = torch.as_tensor(gold(texts), dtype=torch.float32) if gold is not None else None
     pairs = []
     for p in range(len(prompt_ids_list)):

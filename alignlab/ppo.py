@@ -150,7 +150,8 @@ class PPOConfig:
     minibatch_size: int = 32         # rollouts per gradient step
     ppo_epochs: int = 4              # passes over each rollout batch (CleanRL's update_epochs)
     max_new_tokens: int = 24         # completion length limit
-    temperature: float = 0.7         # sampling temperature; also divides the logits when log-probs are recomputed
+    temperature: float = 1.0         # sampling temperature; also divides the logits when log-probs are recomputed
+                                     # (1.0: train on the distribution that evaluation samples; TRL's examples use 0.7)
     learning_rate: float = 1e-4      # Adam step size (policy and value head together)
     adam_eps: float = 1e-5           # Adam epsilon (CleanRL's choice; the default 1e-8 is jumpier)
     max_grad_norm: float = 1.0       # global gradient-norm clip

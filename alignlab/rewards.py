@@ -7,7 +7,7 @@ optimizing against a learned proxy can over-optimize, as in Gao et al. It is a
 model too: piling up praise ("great great great ...") scores high.
 
 >>> gold = load_gold()
->>> gold(["A wonderful film, I loved it.", "Dull and far too long."])   # tensor([0.98, 0.03])
+>>> gold(["A wonderful film, I loved it.", "Dull and far too long."])   # tensor([0.9988, 0.0032])
 
 The transform is re-implemented here with numpy (scikit-learn is a build-time
 tool only): lowercase, tokens ``(?u)\\b\\w\\w+\\b``, unigrams then space-joined

@@ -10,7 +10,7 @@ import csv
 import pytest
 
 from adversarial.grading_batch import assignments, grades, graded_batch, reason_of
-from alignlab.grading import batch
+from alignlab.grading import batch, results
 from alignlab.grading.hidden import hidden_lines, html_text, leaks
 
 pytestmark = pytest.mark.slow
@@ -104,6 +104,20 @@ def test_regrading_keeps_manual_grades(graded):
     with c.gradebook() as gb:
         grade = gb.find_grade("test_log_softmax", "00_getting_started", "00_getting_started", student)
         assert grade.manual_score == 0.5 and grade.score == 0.5
-    batch.export(c)
+    results.export(c)
     rows = {(r["student_id"], r["assignment"]): r for r in csv.DictReader(open(c.exports / "grades.csv"))}
     assert float(rows[(student, "00_getting_started")]["score"]) == 0.5
+
+
+def test_an_lms_zip_is_collected_into_one_folder_per_student(tmp_path):
+    import zipfile
+    nb = batch.course.REPO_ROOT / "notebooks" / "00_getting_started" / "00_getting_started.ipynb"
+    archive = tmp_path / "download.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(nb, "alice_12345_678_00_getting_started.ipynb")
+        z.write(nb, "bob_late_222_333_00_getting_started.ipynb")
+    c = batch.Course(runtime=tmp_path / "runtime")
+    batch.zip_collect(c, archive, "00_getting_started", log=lambda *_: None)
+    assert [(j.student, j.assignment) for j in batch.collect(c)] == \
+        [("alice", "00_getting_started"), ("bob", "00_getting_started")]
+    assert (c.submitted / "bob" / "00_getting_started" / "00_getting_started.ipynb").read_bytes() == nb.read_bytes()

@@ -87,6 +87,14 @@ def test_tokenizer_without_pad_gets_a_distinct_pad_and_the_model_is_resized(gpt2
     assert torch.isfinite(policy(ids).logits).all()
 
 
+def test_loading_writes_nothing_to_stderr(gpt2_shaped, capfd):
+    """nbgrader zeroes a test cell that writes to stderr: no progress bar, no resize notice."""
+    capfd.readouterr()
+    load_policy(str(gpt2_shaped))
+    load_policy(paths.TINY_POLICY_DIR)
+    assert capfd.readouterr().err == ""
+
+
 def test_hub_id_without_network_fails_fast_naming_the_tiny_track(monkeypatch, tmp_path):
     import huggingface_hub.constants as hc
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)

@@ -188,3 +188,33 @@ def test_online_dpo_refuses_too_few_prompts(tiny_world):
 def test_gold_labeller_scores_texts():
     labeller = online.gold_labeller(lambda texts: [float(len(t)) for t in texts])
     assert labeller([[1]], [[2]], ["abc"]).tolist() == [3.0]
+
+
+# ------------------------------------------------------------------ the notebook's nbgrader cells
+def _notebook_cells():
+    import json
+    path = paths.REPO_ROOT / "solutions" / "05_beyond_dpo" / "05_beyond_dpo.ipynb"
+    return json.loads(path.read_text())["cells"]
+
+
+def test_written_answers_are_manually_graded_with_a_hidden_rubric():
+    written = [c for c in _notebook_cells() if c["cell_type"] == "markdown" and c["metadata"].get("nbgrader")]
+    assert len(written) >= 2
+    for cell in written:
+        meta = cell["metadata"]["nbgrader"]
+        assert meta["grade"] and meta["solution"] and not meta["locked"] and not meta["task"] and meta["points"] > 0
+        source = "".join(cell["source"])
+        begin, end = source.index("### BEGIN SOLUTION"), source.index("### END SOLUTION")
+        assert "Rubric" in source[begin:end], f"{meta['grade_id']}: the rubric must sit inside the solution region"
+
+
+def test_every_exercise_has_a_solution_cell_and_a_locked_test_with_hidden_checks():
+    cells = {c["metadata"]["nbgrader"]["grade_id"]: c for c in _notebook_cells() if c["metadata"].get("nbgrader")}
+    for name in ("cdpo_loss", "ipo_loss", "simpo_loss", "group_relative_advantages"):
+        assert cells[name]["metadata"]["nbgrader"]["solution"]
+        test = cells[f"test_{name}"]
+        assert test["metadata"]["nbgrader"]["locked"] and test["metadata"]["nbgrader"]["points"] > 0
+        source = "".join(test["source"])
+        assert source.index(f"checks.{name}({name})") < source.index("### BEGIN HIDDEN TESTS") \
+            < source.index(f"checks.{name}({name}, hidden=True)") < source.index("### END HIDDEN TESTS")
+    assert not any(c.get("outputs") for c in _notebook_cells() if c["cell_type"] == "code")

@@ -37,7 +37,8 @@ def _course(args):
 
 
 def _grade(args) -> int:
-    from .batch import collect, export, feedback, grade, zip_collect
+    from .batch import collect, grade, zip_collect
+    from .results import export, feedback
     c = _course(args)
     if args.zip:
         if len(args.assignment or []) != 1:
@@ -64,7 +65,7 @@ def _grade(args) -> int:
 
 
 def _feedback(args) -> int:
-    from .batch import feedback
+    from .results import feedback
     c = _course(args)
     pairs = [(p.parent.name, p.name) for p in sorted(c.autograded.glob("*/*"))
              if (not args.assignment or p.name in args.assignment) and (not args.student or p.parent.name in args.student)]
@@ -74,7 +75,7 @@ def _feedback(args) -> int:
 
 
 def _export(args) -> int:
-    from .batch import export
+    from .results import export
     for path in export(_course(args)):
         print(f"wrote {path}")
     return 0

@@ -1,4 +1,4 @@
-"""Grade a class in parallel without ever risking the gradebook.
+"""Collect submissions and grade them in parallel without ever risking the gradebook (feedback and CSVs: results.py).
 
 Design: each submission is autograded by its own worker process (``worker.py``) in a scratch course under
 ``runtime/work/<student>__<assignment>/`` with a private copy of a *template* gradebook (the assignment's
@@ -11,9 +11,9 @@ unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
 """
 from __future__ import annotations
 
-import csv
 import json
 import multiprocessing
+import os
 import shutil
 import subprocess
 import warnings
@@ -23,10 +23,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nbformat
-
 from . import course
-from .hidden import hidden_lines, html_text, leaks
 from .release import make_config, nbgrader_env, release
 from .worker import run_job
 
@@ -35,7 +32,8 @@ warnings.filterwarnings("ignore", message=".*not in session.*")
 
 DEFAULT_WORKERS = 2
 DEFAULT_TIMEOUT_S = 300          # one whole submission (every notebook of the assignment)
-DEFAULT_ZIP_REGEXP = r"(?P<student_id>[^_]+)_(?:late_)?(?:\d+_)*(?P<file_id>\d\d_\w+\.ipynb)"
+# nbgrader matches it against the extracted file's whole path: "<student>_[late_][<digits>_...]NN_name.ipynb"
+DEFAULT_ZIP_REGEXP = r".*/(?P<student_id>[^_/]+)_(?:late_)?(?:\d+_)*(?P<file_id>\d\d_\w+\.ipynb)$"
 
 
 @dataclass
@@ -91,9 +89,10 @@ def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAUL
     archive.mkdir(parents=True, exist_ok=True)
     shutil.copy(zip_path, archive / Path(zip_path).name)
     cmd = [sys.executable, "-m", "nbgrader", "zip_collect", assignment, "--force",
-           f"--ZipCollectApp.downloaded_directory={c.runtime / 'downloaded'}",
+           # nbgrader joins root + "/" + this by hand: it must be relative to the course root
+           f"--ZipCollectApp.downloaded_directory={os.path.relpath(c.runtime / 'downloaded', course.REPO_ROOT)}",
            f"--CourseDirectory.submitted_directory={c.submitted}",
-           f"--FileNameCollector.named_regexp={regexp}"]
+           f"--FileNameCollectorPlugin.named_regexp={regexp}"]
     out = subprocess.run(cmd, cwd=course.REPO_ROOT, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"nbgrader zip_collect failed:\n{out.stdout}\n{out.stderr}")
@@ -225,23 +224,6 @@ def import_result(c: Course, job: Job) -> None:
         shutil.move(str(src), str(dest))
 
 
-def summary_row(job: Job) -> dict:
-    """One line of grades_detail.csv: totals, each graded cell's score, and the reasons for lost points."""
-    row = {"student_id": job.student, "assignment": job.assignment, "status": job.result.get("status"),
-           "score": 0.0, "max_score": 0.0,
-           "seconds": round(job.seconds, 1), "cpu_seconds": job.result.get("cpu_seconds")}
-    reasons = [job.result["reason"]] if job.result.get("reason") else []
-    for nb in job.result.get("notebooks", {}).values():
-        for g in nb["grades"]:
-            row[g["id"]] = g["auto_score"]
-            row["score"] += g["auto_score"] or 0.0
-            row["max_score"] += g["max_score"]
-            if g.get("reason"):
-                reasons.append(f"{g['id']}: {g['reason']}")
-    row["reasons"] = " | ".join(reasons)
-    return row
-
-
 def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT_S,
           cell_timeout: int = course.CELL_TIMEOUT_S, progress: bool = True, log=print) -> list[Job]:
     """Autograde ``jobs`` with ``workers`` processes, importing each result into the gradebook as it arrives."""
@@ -264,51 +246,3 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
             bar.set_postfix_str(f"{job.student}: {job.result.get('status')}")
             bar.update(1)
     return sorted(done, key=lambda j: (j.assignment, j.student))
-
-
-# ------------------------------------------------------------------ feedback and export
-def feedback(c: Course, pairs: list[tuple[str, str]], log=print) -> list[Path]:
-    """Feedback HTML for each (student, assignment) from the main gradebook; verified free of hidden tests."""
-    from nbgrader.apps import NbGraderAPI
-
-    nbgrader_env()
-    api = NbGraderAPI(config=c.config)
-    secrets = {}
-    written = []
-    for student, assignment in pairs:
-        if not (c.autograded / student / assignment).exists():
-            continue
-        out = api.generate_feedback(assignment, student, force=True)
-        if not out["success"]:
-            log(f"feedback for {student}/{assignment} failed: {out['error'][-300:]}")
-            continue
-        if assignment not in secrets:
-            src = Path(c.config.CourseDirectory.source_directory) / assignment
-            secrets[assignment] = set().union(*[hidden_lines(nbformat.read(p, as_version=4))
-                                                for p in src.glob("*.ipynb")])
-        for page in sorted((c.feedback_dir / student / assignment).glob("*.html")):
-            found = leaks(html_text(page.read_text(encoding="utf-8")), secrets[assignment])
-            if found:
-                page.unlink()
-                raise RuntimeError(f"hidden test code in {page} ({found[:2]}): feedback removed; fix HideHiddenTests")
-            written.append(page)
-    return written
-
-
-def export(c: Course, jobs: list[Job] | None = None) -> list[Path]:
-    """grades.csv (nbgrader's export: totals incl. manual grades) and, for a batch, grades_detail.csv."""
-    from nbgrader.plugins import CsvExportPlugin
-
-    c.exports.mkdir(parents=True, exist_ok=True)
-    out = [c.exports / "grades.csv"]
-    with c.gradebook() as gb:
-        CsvExportPlugin(to=str(out[0])).export(gb)
-    if jobs:
-        rows = [summary_row(j) for j in jobs]
-        keys = list(dict.fromkeys(k for r in rows for k in r if k != "reasons")) + ["reasons"]
-        out.append(c.exports / "grades_detail.csv")
-        with open(out[1], "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-    return out

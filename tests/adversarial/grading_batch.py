@@ -21,7 +21,7 @@ from pathlib import Path
 
 import nbformat
 
-from alignlab.grading import batch, course
+from alignlab.grading import batch, course, results
 
 from . import ASSIGNMENT, CASES
 
@@ -104,9 +104,9 @@ def graded_batch() -> Batch:
     done = batch.grade(c, batch.collect(c), workers=WORKERS, timeout=SUBMISSION_TIMEOUT,
                        cell_timeout=CELL_TIMEOUT, progress=False, log=lambda *_: None)
     seconds = time.perf_counter() - start
-    pages = batch.feedback(c, [(j.student, j.assignment) for j in done if j.result.get("status") == "graded"],
+    pages = results.feedback(c, [(j.student, j.assignment) for j in done if j.result.get("status") == "graded"],
                            log=lambda *_: None)
-    batch.export(c, done)
+    results.export(c, done)
     return Batch(c, {(j.student, j.assignment): j for j in done}, wrong, seconds, pages)
 
 

@@ -1,0 +1,74 @@
+"""After grading: feedback HTML without hidden tests (verified), and the grade CSVs."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nbformat
+
+from .hidden import hidden_lines, html_text, leaks
+from .release import nbgrader_env
+
+
+def summary_row(job) -> dict:
+    """One line of grades_detail.csv: totals, each graded cell's score, and the reasons for lost points."""
+    row = {"student_id": job.student, "assignment": job.assignment, "status": job.result.get("status"),
+           "score": 0.0, "max_score": 0.0,
+           "seconds": round(job.seconds, 1), "cpu_seconds": job.result.get("cpu_seconds")}
+    reasons = [job.result["reason"]] if job.result.get("reason") else []
+    for nb in job.result.get("notebooks", {}).values():
+        for g in nb["grades"]:
+            row[g["id"]] = g["auto_score"]
+            row["score"] += g["auto_score"] or 0.0
+            row["max_score"] += g["max_score"]
+            if g.get("reason"):
+                reasons.append(f"{g['id']}: {g['reason']}")
+    row["reasons"] = " | ".join(reasons)
+    return row
+
+
+def feedback(c, pairs: list[tuple[str, str]], log=print) -> list[Path]:
+    """Feedback HTML for each (student, assignment) from the main gradebook; verified free of hidden tests."""
+    from nbgrader.apps import NbGraderAPI
+
+    nbgrader_env()
+    api = NbGraderAPI(config=c.config)
+    secrets = {}
+    written = []
+    for student, assignment in pairs:
+        if not (c.autograded / student / assignment).exists():
+            continue
+        out = api.generate_feedback(assignment, student, force=True)
+        if not out["success"]:
+            log(f"feedback for {student}/{assignment} failed: {out['error'][-300:]}")
+            continue
+        if assignment not in secrets:
+            src = Path(c.config.CourseDirectory.source_directory) / assignment
+            secrets[assignment] = set().union(*[hidden_lines(nbformat.read(p, as_version=4))
+                                                for p in src.glob("*.ipynb")])
+        for page in sorted((c.feedback_dir / student / assignment).glob("*.html")):
+            found = leaks(html_text(page.read_text(encoding="utf-8")), secrets[assignment])
+            if found:
+                page.unlink()
+                raise RuntimeError(f"hidden test code in {page} ({found[:2]}): feedback removed; fix HideHiddenTests")
+            written.append(page)
+    return written
+
+
+def export(c, jobs: list | None = None) -> list[Path]:
+    """grades.csv (nbgrader's export: totals incl. manual grades) and, for a batch, grades_detail.csv."""
+    from nbgrader.plugins import CsvExportPlugin
+
+    c.exports.mkdir(parents=True, exist_ok=True)
+    out = [c.exports / "grades.csv"]
+    with c.gradebook() as gb:
+        CsvExportPlugin(to=str(out[0])).export(gb)
+    if jobs:
+        rows = [summary_row(j) for j in jobs]
+        keys = list(dict.fromkeys(k for r in rows for k in r if k != "reasons")) + ["reasons"]
+        out.append(c.exports / "grades_detail.csv")
+        with open(out[1], "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+    return out
