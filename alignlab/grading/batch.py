@@ -43,6 +43,7 @@ class Job:
     submission: Path             # the submitted folder
     result: dict = field(default_factory=dict)   # filled in by the worker (see worker.py)
     seconds: float = 0.0         # wall time of the worker
+    cell_timeout: int | None = None   # this submission's cell time limit (default: the batch's)
 
 
 class Course:
@@ -135,7 +136,8 @@ def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeou
         shutil.rmtree(wdir)
     wdir.mkdir(parents=True)
     spec = {"student": job.student, "assignment": job.assignment, "submission": str(job.submission),
-            "work_dir": str(wdir), "template_db": str(template_db), "cell_timeout": cell_timeout}
+            "work_dir": str(wdir), "template_db": str(template_db),
+            "cell_timeout": job.cell_timeout or cell_timeout}
     (wdir / "job.json").write_text(json.dumps(spec))
     start = time.perf_counter()
     proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")

@@ -79,6 +79,7 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
     c.Execute.kernel_name = KERNEL_NAME             # (applies to GradingExecute, a subclass)
     c.Execute.timeout = cell_timeout
     c.Execute.interrupt_on_timeout = True
+    c.Execute.iopub_timeout = 20                    # output may lag behind the reply on a busy machine
     c.IgnorePattern.enabled = True                  # (off by default in nbgrader)
     c.IgnorePattern.pattern = IGNORE_STDERR
     c.LimitOutput.max_lines = 200

@@ -52,16 +52,26 @@ class GradingExecute(Execute):
         try:
             return super().preprocess_cell(cell, resources, index)
         except (DeadKernelError, CellTimeoutError) as exc:
+            if isinstance(exc, CellTimeoutError) and self._responsive():
+                cell.outputs.append(_error("CellTimeoutError", f"this cell ran past the time limit ({self.timeout} s) "
+                                           "and was interrupted"))
+                return cell, resources
             if isinstance(exc, DeadKernelError):
-                what = ("the kernel died while running this cell "
-                        "(os._exit, a crash, or out of memory)")
+                what = "the kernel died while running this cell (os._exit, a crash, or out of memory)"
                 self._stopped = f"the kernel died earlier, in cell {index}"
             else:
-                what = (f"this cell ran past the time limit ({self.timeout} s) and ignored the interrupt")
+                what = f"this cell ran past the time limit ({self.timeout} s) and ignored the interrupt"
                 self._stopped = f"cell {index} timed out and could not be interrupted"
             cell.outputs.append(_error(KERNEL_DIED if isinstance(exc, DeadKernelError) else "CellTimeoutError", what))
             self.log.warning("%s; later graded cells score 0", self._stopped)
             return cell, resources
+
+    def _responsive(self) -> bool:
+        """After a timeout: does the kernel answer a kernel_info request within the cell time limit?"""
+        try:
+            return self.wait_for_reply(self.kc.kernel_info()) is not None
+        except Exception:
+            return False
 
 
 class KeepStderrVisible(NbGraderPreprocessor):

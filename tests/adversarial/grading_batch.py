@@ -27,8 +27,8 @@ from . import ASSIGNMENT, CASES
 
 ROOT = course.REPO_ROOT
 WORKERS = 2
-CELL_TIMEOUT = 30           # seconds; the looping submissions are interrupted after this (the machine is slow)
-SUBMISSION_TIMEOUT = 400    # seconds; generous: the development machine is shared and slow
+CELL_TIMEOUT = 180          # seconds per cell: generous, the development machine is shared and slow
+SUBMISSION_TIMEOUT = 900    # seconds per submission (the looping cases use a short cell limit of their own)
 
 
 @dataclass
@@ -101,7 +101,11 @@ def graded_batch() -> Batch:
     for case in CASES:
         _write(c.submitted / case.name / ASSIGNMENT, f"{ASSIGNMENT}.ipynb", case.build(student))
     start = time.perf_counter()
-    done = batch.grade(c, batch.collect(c), workers=WORKERS, timeout=SUBMISSION_TIMEOUT,
+    jobs = batch.collect(c)
+    limits = {case.name: case.cell_timeout for case in CASES}
+    for job in jobs:
+        job.cell_timeout = limits.get(job.student)
+    done = batch.grade(c, jobs, workers=WORKERS, timeout=SUBMISSION_TIMEOUT,
                        cell_timeout=CELL_TIMEOUT, progress=False, log=lambda *_: None)
     seconds = time.perf_counter() - start
     pages = results.feedback(c, [(j.student, j.assignment) for j in done if j.result.get("status") == "graded"],
