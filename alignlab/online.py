@@ -68,7 +68,7 @@ class OnlineDPOConfig:
         dpo = replace(dpo, steps=max(1, dpo.steps // rounds))
         settings = dict(
             rounds=rounds,
-            prompts_per_round=track.pick(cpu=192, gpu=512, grading=8),
+            prompts_per_round=track.pick(cpu=128, gpu=512, grading=8),
             samples_per_prompt=track.pick(cpu=4, gpu=4, grading=2),
             max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
             dpo=dpo,

@@ -411,7 +411,7 @@ def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None,
                   label="fit d(a - b d), d = sqrt(KL)")
     ax_g.set_ylabel("gold reward P(positive)")
     ax_g.set_title("What we actually get")
-    ax_g.legend(fontsize=8, loc="lower right")
+    ax_g.legend(fontsize=8, loc="best")
     for ax in (ax_p, ax_g):
         ax.set_xlabel("KL(best-of-n || policy), nats")
         top = ax.secondary_xaxis("top")

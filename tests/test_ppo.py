@@ -21,7 +21,8 @@ from alignlab.ppo import (
 )
 
 PROMPT_TEXTS = ["This movie was", "I watched it", "The acting", "What a"]
-SMALL = PPOConfig(iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=6, eval_every=1)
+SMALL = PPOConfig(iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=2, max_new_tokens=6, eval_every=1,
+                  temperature=0.7)   # a temperature other than 1, so dividing the logits by it matters
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +143,15 @@ def test_config_for_track_is_smallest_when_grading():
     assert grading.iterations * grading.batch_size < cpu.iterations * cpu.batch_size
     assert gpu.batch_size >= cpu.batch_size and gpu.kl_coef == 0.2
     assert cpu.batch_size % cpu.minibatch_size == 0 and grading.batch_size % grading.minibatch_size == 0
+
+
+def test_run_ppo_trains_a_fresh_policy_and_returns_gold_and_kl_per_evaluation(model_dir):
+    """Notebook 04's entry point: run_ppo(source, reward, config) -> history.evals with gold and kl."""
+    from alignlab.ppo import run_ppo
+
+    config = replace(SMALL, iterations=2, eval_every=1, eval_prompts=4, kl_coef=0.2)
+    history = run_ppo(str(model_dir), TextReward(count_e), config, progress=False)
+    assert [e["iteration"] for e in history.evals] == [0, 1, 2]
+    assert all({"gold", "kl"} <= set(e) for e in history.evals)
+    assert history.evals[0]["kl"] == pytest.approx(0.0, abs=1e-4), "the fresh policy starts at the reference"
+    assert history.config["kl_coef"] == 0.2
