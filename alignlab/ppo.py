@@ -175,14 +175,14 @@ class PPOConfig:
     def for_track(cls, track, **overrides) -> "PPOConfig":
         """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
         cfg = cls(
-            iterations=track.pick(cpu=50, gpu=150, grading=3),
-            batch_size=track.pick(cpu=64, gpu=128, grading=16),
+            iterations=track.pick(cpu=50, gpu=150, grading=2),
+            batch_size=track.pick(cpu=64, gpu=128, grading=8),
             minibatch_size=track.pick(cpu=32, gpu=32, grading=8),
-            max_new_tokens=track.pick(cpu=24, gpu=48, grading=12),
+            max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
             learning_rate=track.pick(cpu=1e-4, gpu=1.4e-5),
-            eval_every=track.pick(cpu=10, gpu=25, grading=3),
-            eval_prompts=track.pick(cpu=128, gpu=256, grading=16),
-            normalize_samples=track.pick(cpu=256, gpu=512, grading=16),
+            eval_every=track.pick(cpu=10, gpu=25, grading=2),
+            eval_prompts=track.pick(cpu=128, gpu=256, grading=8),
+            normalize_samples=track.pick(cpu=256, gpu=512, grading=8),
         )
         return replace(cfg, **overrides)
 
@@ -201,8 +201,9 @@ def train_ppo(
     """Train ``policy`` (a PolicyWithValue: ``policy(input_ids, attention_mask) -> (logits, values)``) in place.
 
     ``ref_model`` is the frozen reference causal LM; ``reward_fn`` scores a RolloutBatch (the
-    proxy reward: ``model_reward`` or ``text_reward``); ``prompts`` are sampled with replacement; ``evaluate(policy)`` returns a
-    dict with at least ``gold`` and ``kl`` and runs every ``config.eval_every`` iterations.
+    proxy reward: a ``ModelReward`` or ``TextReward``); ``prompts`` (rows of ``load_prompts`` or
+    id lists) are drawn with replacement; ``evaluate(policy)`` returns a dict with at least
+    ``gold`` and ``kl``; it runs before training, every ``config.eval_every`` iterations and at the end.
     Returns the history: one row per iteration in ``history.steps``, one per evaluation in
     ``history.evals``.
     """

@@ -308,7 +308,7 @@ class BestOfNConfig:
     def for_track(cls, track, **overrides) -> "BestOfNConfig":
         cfg = cls(
             n_max=track.pick(cpu=64, gpu=256, grading=4),
-            n_prompts=track.pick(cpu=64, gpu=128, grading=4),
+            n_prompts=track.pick(cpu=32, gpu=128, grading=4),
             max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
             prompts_per_call=track.pick(cpu=16, gpu=16, grading=4),
         )
@@ -430,3 +430,25 @@ def show_picks(pool: dict, k: int = 3, width: int = 100) -> None:
         for label, j in (("median", int(order[len(order) // 2])), ("best", int(order[-1]))):
             text = f"  {label:6s} proxy {pool['proxy'][i, j]:6.2f}  gold {pool['gold'][i, j]:.2f}  {pool['completions'][i][j]!r}"
             print(text[:width])
+
+
+def summarize_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None) -> dict:
+    """Print and return where the gold reward of best-of-n peaks, and how it compares with the proxy's climb.
+
+    ``peak_n``: the n with the highest gold; ``gold_gain_share``: the proxy-judged gold gain at n_max as a
+    share of the gold-judged (oracle) gain, when ``oracle`` is given.
+    """
+    ns, gold, proxy = curve["n"].tolist(), curve["gold"], curve["proxy"]
+    k = int(gold.argmax())
+    out = {"peak_n": ns[k], "peak_kl": float(kl[k]), "gold_base": float(gold[0]), "gold_peak": float(gold[k]),
+           "gold_last": float(gold[-1]), "n_last": ns[-1]}
+    print(f"gold reward: {out['gold_base']:.3f} at n = 1, highest {out['gold_peak']:.3f} at n = {ns[k]} "
+          f"(KL {out['peak_kl']:.2f} nats), {out['gold_last']:.3f} at n = {ns[-1]}")
+    print(f"proxy reward: {float(proxy[0]):.3f} at n = 1, {float(proxy[-1]):.3f} at n = {ns[-1]} (still rising)")
+    if oracle is not None:
+        out["gold_gain_share"] = float((gold[-1] - gold[0]) / (oracle["gold"][-1] - oracle["gold"][0]).clamp(min=1e-9))
+        print(f"best-of-{ns[-1]} judged by the reward model gains {out['gold_gain_share']:.0%} of what the gold "
+              f"reward itself would gain as the judge")
+    for key in ("peak_n", "gold_base", "gold_peak", "gold_last"):
+        report.record(f"02_reward_model/best_of_n_{key}", out[key])
+    return out

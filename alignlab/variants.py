@@ -111,12 +111,12 @@ def plot_loss_shapes(losses: Mapping[str, Callable], h_range: tuple[float, float
 def summary_table(runs: Mapping[str, object], base: dict | None = None,
                   columns: Sequence[str] = ("gold", "kl", "length")) -> str:
     """A plain-text table of each run's final evaluation (and the base policy's), one row per run."""
-    head = f"{'run':<24}" + "".join(f"{c:>9}" for c in columns)
+    head = f"{'run':<36}" + "".join(f"{c:>9}" for c in columns)
     rows = [head]
     items = ([("base policy", base)] if base is not None else []) + [(k, getattr(r, "final", r)) for k, r in runs.items()]
     for name, final in items:
         cells = "".join(f"{final[c]:>9.3f}" if isinstance(final.get(c), (int, float)) else f"{'-':>9}" for c in columns)
-        rows.append(f"{name:<24}" + cells)
+        rows.append(f"{name:<36}" + cells)
     return "\n".join(rows)
 
 

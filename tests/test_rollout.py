@@ -136,3 +136,16 @@ def test_scoring_lets_gradients_flow():
     ids = torch.tensor([[3, 4, 5, 6]])
     sequence_token_logprobs(m, ids, torch.ones_like(ids)).sum().backward()
     assert m.transformer.wte.weight.grad is not None
+
+
+def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
+    """The pairs' ref_*_logp were sampled from this very policy: a stale pairs file fails here."""
+    from alignlab.data import collate_pairs, load_pairs
+    policy, tok = tiny
+    rows = load_pairs("test")[:16]
+    b = collate_pairs(rows, pad_id=tok.pad_token_id)
+    with torch.no_grad():
+        for name in ("chosen", "rejected"):
+            lp = sequence_token_logprobs(policy, b[f"{name}_input_ids"], b[f"{name}_attention_mask"])
+            summed = (lp * b[f"{name}_completion_mask"][:, 1:]).sum(-1)                          # (B,)
+            torch.testing.assert_close(summed, b[f"ref_{name}_logps"], atol=2e-3, rtol=1e-4)
