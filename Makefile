@@ -22,7 +22,7 @@ help:
 	@echo "make references regenerate the checks' reference outputs (float64)"
 	@echo "make grade      autograde every submission in autograder/runtime/submitted"
 	@echo "make benchmarks measure notebook run times, grading times, teaching figures"
-	@echo "make data       rebuild the embedded world under data/ (about 30 min)"
+	@echo "make data       rebuild the embedded world under data/ (about 40 min on 2 busy cores)"
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "alignlab needs Python 3.11 or newer for its Jupyter and grading tools; run: make PYTHON=python3.11 ...")'

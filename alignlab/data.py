@@ -7,6 +7,7 @@ completion tokens (including a final EOS), 0 on prompt and padding.
 >>> reviews = load_reviews("train")          # 22,500 dicts: text, label (1 = positive)
 >>> prompts = load_prompts("test")           # dicts: prompt, prompt_ids, split, review, review_label
 >>> pairs = load_pairs("train")              # dicts: prompt_ids, chosen_ids, rejected_ids, gold_*, p_chosen, ...
+>>> pairs = load_pairs("train", track)       # on the gpt2 track: regenerated from its policy, cached on disk
 >>> batch = collate_pairs(pairs[:32], pad_id=tokenizer.pad_token_id)
 """
 from __future__ import annotations
@@ -89,18 +90,42 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def load_prompts(split: str) -> list[dict]:
-    """Prompts: 2-8-token IMDb prefixes, ``{"prompt", "prompt_ids", "split", "review"}``; see data/README.md."""
+def load_prompts(split: str, track=None) -> list[dict]:
+    """Prompts: 2-8-token IMDb prefixes, ``{"prompt", "prompt_ids", "split", "review"}``; see data/README.md.
+
+    ``track``: None or the tiny track gives the stored rows; the gpt2 track
+    gives the same prompts with ``prompt_ids`` re-encoded from their text by
+    that track's tokenizer (``alignlab.pairs.track_prompts``).
+    """
     _check_split(split)
+    from .pairs import is_stored_track, track_prompts
+
+    if not is_stored_track(track):
+        return track_prompts(track, split)
     rows = read_jsonl(paths.require(paths.PROMPTS_FILE, "The prompts file"))
     return [r for r in rows if r["split"] == split]
 
 
-def load_pairs(split: str) -> list[dict]:
-    """Labelled preference pairs of one split (list of dicts; fields in data/README.md)."""
+def load_pairs(split: str, track=None, n: int | None = None) -> list[dict]:
+    """Labelled preference pairs of one split (list of dicts; fields in data/README.md).
+
+    ``track``: None or the tiny track gives the stored rows. The gpt2 track
+    gives pairs with the same fields sampled from its own policy and labelled
+    by the same simulated annotators (``alignlab.pairs.track_pairs``): the
+    first call generates them (one printed line) and caches them on disk
+    (``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``); later calls read the cache.
+    ``n``: at most this many pairs (default: the whole split).
+    """
     _check_split(split)
+    from .pairs import is_stored_track, track_pairs
+
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not is_stored_track(track):
+        return track_pairs(track, split, n=n)
     rows = read_jsonl(paths.require(paths.PAIRS_FILE, "The preference pairs file"))
-    return [r for r in rows if r["split"] == split]
+    rows = [r for r in rows if r["split"] == split]
+    return rows if n is None else rows[:n]
 
 
 def collate(prompt_ids_list, completion_ids_list, pad_id: int, side: str = "right") -> dict:

@@ -39,9 +39,9 @@ LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) ->
 class RewardModelConfig:
     """Hyperparameters of reward-model training. Defaults: the tiny track on a CPU (about a minute)."""
 
-    steps: int = 300                 # optimizer steps (each on batch_size pairs)
+    steps: int = 200                 # optimizer steps (each on batch_size pairs)
     batch_size: int = 32             # pairs per step (2 * batch_size sequences per forward)
-    learning_rate: float = 3e-4      # AdamW step size for backbone and head
+    learning_rate: float = 1e-3      # AdamW step size for backbone and head (tiny models like it large)
     weight_decay: float = 0.0        # AdamW decoupled weight decay
     warmup_steps: int = 20           # linear learning-rate warm-up, then constant
     max_grad_norm: float = 1.0       # global gradient-norm clip
@@ -55,9 +55,9 @@ class RewardModelConfig:
     def for_track(cls, track, **overrides) -> "RewardModelConfig":
         """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
         cfg = cls(
-            steps=track.pick(cpu=150, gpu=1500, grading=8),
+            steps=track.pick(cpu=200, gpu=1500, grading=8),
             batch_size=track.pick(cpu=32, gpu=64, grading=8),
-            learning_rate=track.pick(cpu=3e-4, gpu=1e-5),
+            learning_rate=track.pick(cpu=1e-3, gpu=1e-5),
             warmup_steps=track.pick(cpu=20, gpu=100, grading=2),
             eval_pairs=track.pick(cpu=1000, gpu=100_000, grading=64),
         )

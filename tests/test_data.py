@@ -126,3 +126,28 @@ def test_data_folder_is_small_and_has_no_pickle():
     files = [f for f in paths.DATA_DIR.rglob("*") if f.is_file()]
     assert sum(f.stat().st_size for f in files) <= 25e6
     assert not [f for f in files if f.suffix in {".pkl", ".pickle", ".pt", ".pth", ".bin", ".joblib", ".npy"}]
+
+
+def test_tiny_track_or_none_gives_the_stored_prompts_and_n_takes_the_first_pairs():
+    from alignlab.config import select_track
+
+    tiny = select_track("tiny")
+    assert load_prompts("train", tiny) == load_prompts("train")
+    pairs = load_pairs("test", tiny, n=7)
+    assert len(pairs) == 7 and pairs == load_pairs("test")[:7]
+    with pytest.raises(ValueError, match="n must be"):
+        load_pairs("test", n=0)
+
+
+def test_build_script_and_runtime_share_one_pair_builder():
+    import importlib.util
+    from pathlib import Path
+
+    from alignlab import pairs
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "build_pairs.py"
+    spec = importlib.util.spec_from_file_location("build_pairs_script", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.make_pairs is pairs.make_pairs and module.make_prompts is pairs.make_prompts
+    assert pairs.PAIRS_PER_PROMPT == 6 and pairs.SAMPLES_PER_PROMPT == 4

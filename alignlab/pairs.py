@@ -1,0 +1,204 @@
+"""Building prompts and labelled preference pairs from a policy: one implementation for the build script and the GPU track.
+
+``scripts/build_pairs.py`` uses it to write the embedded world's files from the
+tiny policy; ``alignlab.data.load_prompts(split, track)`` /
+``load_pairs(split, track)`` use it on the gpt2 track, whose tokenizer and
+policy differ from the tiny ones, so the stored ids and reference log-probs
+do not apply there.
+
+>>> prompts = track_prompts(track, "test")          # the stored prompts, re-tokenized from their text
+>>> pairs = track_pairs(track, "train", n=600)      # sampled from the track's policy, labelled, cached on disk
+
+Pairs: the policy samples ``SAMPLES_PER_PROMPT`` completions per prompt (at
+most ``MAX_NEW_TOKENS`` tokens, temperature 1); every pair of them is labelled
+by a simulated Bradley-Terry annotator, P(a preferred) =
+sigmoid((g_a - g_b) / ANNOTATOR_TEMPERATURE) with g the gold P(positive) of
+prompt + completion. Row fields: split, prompt, prompt_ids, chosen,
+chosen_ids, rejected, rejected_ids, gold_chosen, gold_rejected, p_chosen,
+ref_chosen_logp, ref_rejected_logp (summed completion log-probs under the
+sampling policy).
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+PROMPT_SEED = 1              # which reviews and prefix lengths become prompts
+SAMPLE_SEED = 2              # policy sampling
+ANNOTATOR_SEED = 3           # the simulated annotators' coin flips
+SAMPLES_PER_PROMPT = 4       # completions per prompt -> 6 pairs
+MAX_NEW_TOKENS = 24          # completion length cap (EOS included)
+ANNOTATOR_TEMPERATURE = 0.1  # Bradley-Terry temperature on the gold P(positive) gap
+PROMPT_TOKENS = (2, 8)       # prefix length range, inclusive
+PAIRS_PER_PROMPT = SAMPLES_PER_PROMPT * (SAMPLES_PER_PROMPT - 1) // 2
+CACHE_VERSION = 1            # bump when the pair format or the sampling changes, to invalidate old caches
+
+
+# ------------------------------------------------------------------ building blocks (used by the build script)
+def make_prompts(tokenizer, n_train: int, n_test: int) -> list[dict]:
+    """2-8-token prefixes (length uniform) of ``n_train`` training and ``n_test`` held-out IMDb reviews."""
+    from .data import load_reviews
+
+    rng = np.random.RandomState(PROMPT_SEED)
+    rows = []
+    for split, n in (("train", n_train), ("test", n_test)):
+        reviews = load_reviews(split)
+        picked = rng.choice(len(reviews), size=n, replace=False)
+        lengths = rng.randint(PROMPT_TOKENS[0], PROMPT_TOKENS[1] + 1, size=n)
+        texts = [reviews[i]["text"][:200] for i in picked]
+        ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        for i, seq, k in zip(picked, ids, lengths):
+            p = seq[:int(k)]
+            rows.append({"split": split, "prompt": tokenizer.decode(p), "prompt_ids": p,
+                         "review": int(reviews[i]["id"]), "review_label": int(reviews[i]["label"])})
+    return rows
+
+
+def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_new_tokens: int = MAX_NEW_TOKENS,
+               log=print) -> tuple[list[dict], float]:
+    """Sample, score and label pairs for ``prompts`` (rows with ``split``, ``prompt``, ``prompt_ids``).
+
+    Returns (rows, EOS rate of the samples). Sampling uses one generator seeded
+    ``SAMPLE_SEED`` on the policy's device, in chunks of ``batch_prompts``
+    prompts, so a rebuild with the same sizes gives the same rows. ``log``
+    (None: silent) gets one progress line per chunk.
+    """
+    from .rollout import sample
+
+    device = next(policy.parameters()).device
+    gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
+    ann = np.random.RandomState(ANNOTATOR_SEED)
+    rows, ends, t0 = [], [], time.time()
+    for start in range(0, len(prompts), batch_prompts):
+        chunk = prompts[start:start + batch_prompts]
+        ids = [p["prompt_ids"] for p in chunk for _ in range(SAMPLES_PER_PROMPT)]
+        ro = sample(policy, ids, max_new_tokens, temperature=1.0, generator=gen, tokenizer=tokenizer)
+        full = tokenizer.batch_decode([p + c for p, c in zip(ids, ro.completion_ids)], skip_special_tokens=True)
+        g = gold(full).double().numpy()                                           # (B,)
+        logp = (ro.logprobs * ro.completion_mask[:, 1:]).sum(-1).tolist()         # (B,) summed completion log-probs
+        ends.extend(ro.ended_with_eos.tolist())
+        for j, p in enumerate(chunk):
+            base = j * SAMPLES_PER_PROMPT
+            for a, b in itertools.combinations(range(base, base + SAMPLES_PER_PROMPT), 2):
+                p_a = 1.0 / (1.0 + np.exp(-(g[a] - g[b]) / ANNOTATOR_TEMPERATURE))
+                c, r = (a, b) if ann.rand() < p_a else (b, a)
+                rows.append({"split": p["split"], "prompt": p["prompt"], "prompt_ids": p["prompt_ids"],
+                             "chosen": ro.texts[c], "chosen_ids": ro.completion_ids[c],
+                             "rejected": ro.texts[r], "rejected_ids": ro.completion_ids[r],
+                             "gold_chosen": round(float(g[c]), 5), "gold_rejected": round(float(g[r]), 5),
+                             "p_chosen": round(float(p_a if c == a else 1 - p_a), 5),
+                             "ref_chosen_logp": round(logp[c], 4), "ref_rejected_logp": round(logp[r], 4)})
+        if log is not None:
+            log(f"pairs: {min(start + batch_prompts, len(prompts))}/{len(prompts)} prompts "
+                f"({time.time() - t0:.0f} s)")
+    return rows, float(np.mean(ends)) if ends else 0.0
+
+
+def pair_stats(rows: list[dict]) -> dict:
+    """Label noise, annotator agreement, accuracy ceiling and mean gold scores of a list of pairs."""
+    gc = np.array([r["gold_chosen"] for r in rows])
+    gr = np.array([r["gold_rejected"] for r in rows])
+    pc = np.array([r["p_chosen"] for r in rows])
+    return {"pairs": len(rows),
+            "label_noise": float(np.mean(gc < gr)),                      # label disagrees with the gold order
+            "gold_ties": float(np.mean(gc == gr)),
+            "annotator_agreement": float(np.mean(pc ** 2 + (1 - pc) ** 2)),  # two independent annotators agree
+            "accuracy_ceiling": float(np.mean(np.maximum(pc, 1 - pc))),   # best possible label-prediction accuracy
+            "mean_gold_chosen": float(gc.mean()), "mean_gold_rejected": float(gr.mean())}
+
+
+# ------------------------------------------------------------------ the gpt2 track at run time
+def is_stored_track(track) -> bool:
+    """True for None or the tiny track: the embedded files apply as they are."""
+    name = getattr(track, "name", track)
+    if name is None or name == "tiny":
+        return True
+    if not hasattr(track, "policy"):
+        raise TypeError(f"track must be None or a Track from alignlab.config.select_track, not {track!r}")
+    return False
+
+
+def retokenize_prompts(rows: list[dict], tokenizer) -> list[dict]:
+    """The prompts re-encoded from their text (``prompt``) with ``tokenizer``; every other field kept."""
+    ids = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"] if rows else []
+    return [{**r, "prompt_ids": list(p)} for r, p in zip(rows, ids)]
+
+
+def track_prompts(track, split: str) -> list[dict]:
+    """The stored prompts of ``split`` with ids from the track's tokenizer."""
+    from .data import load_prompts
+    from .models import load_tokenizer
+
+    return retokenize_prompts(load_prompts(split), load_tokenizer(track))
+
+
+def cache_dir() -> Path:
+    """Where regenerated pairs live: ``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``."""
+    return Path(os.environ.get("ALIGNLAB_CACHE") or Path.home() / ".cache" / "alignlab")
+
+
+def _policy_key(track) -> str:
+    """The policy's name, or its resolved folder with its config's modification time (a rebuilt model is new)."""
+    src = str(track.policy)
+    config = Path(src) / "config.json"
+    if config.exists():
+        return f"{Path(src).resolve()}@{config.stat().st_mtime_ns}"
+    return src
+
+
+def cache_file(track, split: str, n_prompts: int, max_new_tokens: int = MAX_NEW_TOKENS,
+               batch_prompts: int = 64) -> Path:
+    """The cache file for these pairs, keyed by policy, split, sizes, sampling chunk and seeds."""
+    key = json.dumps({"policy": _policy_key(track), "split": split, "prompts": n_prompts,
+                      "samples": SAMPLES_PER_PROMPT, "max_new_tokens": max_new_tokens, "chunk": batch_prompts,
+                      "seeds": [PROMPT_SEED, SAMPLE_SEED, ANNOTATOR_SEED], "temperature": ANNOTATOR_TEMPERATURE,
+                      "version": CACHE_VERSION}, sort_keys=True)
+    digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:16]
+    return cache_dir() / f"pairs-{track.name}-{split}-{n_prompts}p-{digest}.jsonl.gz"
+
+
+def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = MAX_NEW_TOKENS,
+                batch_prompts: int | None = None) -> list[dict]:
+    """Preference pairs of ``split`` sampled from the track's policy, labelled by the gold annotators, cached.
+
+    ``n``: how many pairs (default: as many as the stored split, 6 per stored
+    prompt); the first ``ceil(n / 6)`` prompts are used. The first call
+    samples and prints one line; later calls read the cache file.
+    """
+    from .data import read_jsonl, write_jsonl
+
+    prompts = track_prompts(track, split)
+    total = len(prompts) * PAIRS_PER_PROMPT
+    n = total if n is None else int(n)
+    if not 0 < n <= total:
+        raise ValueError(f"n must be between 1 and {total} (the {split} split's {len(prompts)} prompts x "
+                         f"{PAIRS_PER_PROMPT} pairs), got {n}")
+    n_prompts = math.ceil(n / PAIRS_PER_PROMPT)
+    batch_prompts = batch_prompts or (256 if getattr(track, "device", "cpu") == "cuda" else 64)
+    path = cache_file(track, split, n_prompts, max_new_tokens, batch_prompts)
+    if path.exists():
+        try:
+            return read_jsonl(path)[:n]
+        except (OSError, EOFError, ValueError):   # a damaged cache file is rebuilt, not trusted
+            pass
+    from .models import load_policy, load_tokenizer
+    from .rewards import load_gold
+
+    print(f"Regenerating {n_prompts * PAIRS_PER_PROMPT} {split} pairs from {track.policy} on {track.device} "
+          f"(once; cached in {path.parent})", flush=True)
+    tokenizer = load_tokenizer(track)
+    policy = load_policy(track)
+    with torch.random.fork_rng(devices=[]):
+        rows, _ = make_pairs(policy, tokenizer, load_gold(), prompts[:n_prompts], batch_prompts=batch_prompts,
+                             max_new_tokens=max_new_tokens, log=None)
+    del policy
+    write_jsonl(path, rows)
+    return rows[:n]

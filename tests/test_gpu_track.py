@@ -1,0 +1,133 @@
+"""The gpt2 track offline: a small GPT-2-shaped model with its own tokenizer in a local folder (ALIGNLAB_GPT2_PATH).
+
+Its tokenizer differs from the tiny one, so the stored prompt ids and pairs do
+not apply: load_prompts re-encodes the prompts from their text, load_pairs
+regenerates pairs from this policy and caches them. Runs on a CPU in seconds.
+"""
+import math
+
+import pytest
+import torch
+
+from alignlab import config, pairs
+from alignlab.data import collate_pairs, load_pairs, load_prompts
+from alignlab.dpo import pair_logps, reference_logps
+from alignlab.models import frozen_copy, load_policy, load_tokenizer
+from alignlab.reference import dpo_loss
+
+PAIR_FIELDS = {"split", "prompt", "prompt_ids", "chosen", "chosen_ids", "rejected", "rejected_ids",
+               "gold_chosen", "gold_rejected", "p_chosen", "ref_chosen_logp", "ref_rejected_logp"}
+
+
+@pytest.fixture(scope="module")
+def gpt2_folder(tmp_path_factory):
+    """A 2-layer, width-64 GPT-2 and a freshly trained byte-level BPE (GPT-2 style: EOS, no pad token)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    folder = tmp_path_factory.mktemp("gpt2-small-local")
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    bpe.train_from_iterator([r["prompt"] for r in load_prompts("train")], trainer)   # short texts: fast
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
+                                  unk_token="<|endoftext|>")
+    assert tok.pad_token is None                                   # like the Hub's gpt2 tokenizer
+    tok.save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=64, n_head=2, n_positions=128,
+                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    GPT2LMHeadModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("alignlab-cache")
+
+
+@pytest.fixture
+def track(gpt2_folder, cache, monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_GPT2_PATH", str(gpt2_folder))
+    monkeypatch.setenv("ALIGNLAB_CACHE", str(cache))
+    monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)
+    t = config.select_track("gpt2")
+    assert t.name == "gpt2" and t.policy == str(gpt2_folder)
+    return t
+
+
+def test_gpt2_track_loads_the_local_folder_with_a_distinct_pad(track):
+    tok = load_tokenizer(track)
+    policy = load_policy(track)
+    assert tok.pad_token_id is not None and tok.pad_token_id != tok.eos_token_id
+    assert policy.config.pad_token_id == tok.pad_token_id
+    assert policy.get_input_embeddings().num_embeddings >= len(tok)   # the new pad row exists
+    assert policy.config.n_layer == 2
+
+
+def test_gpt2_prompts_are_the_stored_texts_in_the_new_tokenizer(track):
+    stored, mine = load_prompts("test"), load_prompts("test", track)
+    tok = load_tokenizer(track)
+    assert len(mine) == len(stored)
+    assert [r["prompt"] for r in mine] == [r["prompt"] for r in stored]
+    assert all(tok.decode(r["prompt_ids"]) == r["prompt"] for r in mine[:200])
+    assert all(0 <= i < len(tok) for r in mine for i in r["prompt_ids"])
+    assert sum(r["prompt_ids"] != s["prompt_ids"] for r, s in zip(mine, stored)) > len(mine) // 2  # re-encoded
+
+
+def test_gpt2_pairs_are_regenerated_with_valid_ids_and_cached(track, capsys, monkeypatch):
+    tok = load_tokenizer(track)
+    rows = load_pairs("train", track, n=10)                           # 2 prompts x 6 pairs, the first 10
+    first = capsys.readouterr()
+    assert "Regenerating 12 train pairs" in first.out and first.err == ""
+    assert len(rows) == 10 and all(set(r) == PAIR_FIELDS for r in rows)
+    prompts = {r["prompt"]: r["prompt_ids"] for r in load_prompts("train", track)}
+    for r in rows:
+        assert r["split"] == "train" and r["prompt_ids"] == prompts[r["prompt"]]
+        assert all(0 <= i < len(tok) and i != tok.pad_token_id for i in r["chosen_ids"] + r["rejected_ids"])
+        assert 0 < len(r["chosen_ids"]) <= pairs.MAX_NEW_TOKENS
+        assert 0.0 <= r["gold_chosen"] <= 1.0 and 0.0 <= r["p_chosen"] <= 1.0
+        assert r["ref_chosen_logp"] < 0 and r["ref_rejected_logp"] < 0
+    # The second call reads the cache: no message, no sampling, the same rows.
+    monkeypatch.setattr(pairs, "make_pairs", lambda *a, **k: pytest.fail("sampled again instead of using the cache"))
+    again = load_pairs("train", track, n=10)
+    assert again == rows and capsys.readouterr().out == ""
+    assert len(list((pairs.cache_dir()).glob("pairs-gpt2-train-*.jsonl.gz"))) == 1
+
+
+def test_dpo_loss_on_regenerated_pairs_is_finite_and_ref_logps_match_the_policy(track):
+    policy = load_policy(track)
+    rows = load_pairs("train", track, n=8)                            # the same 2 prompts: read from the cache
+    batch = collate_pairs(rows, pad_id=load_tokenizer(track).pad_token_id)
+    chosen, rejected = pair_logps(policy, batch)                       # (B,), (B,)
+    stored_c, stored_r = reference_logps(None, batch)                 # the rows' ref_*_logp, from the sampler
+    ref_c, ref_r = reference_logps(frozen_copy(policy), batch)        # a frozen copy of the sampling policy
+    # The sampler never samples pad (its logit is -inf), which renormalizes over the rest of the vocabulary:
+    # with this untrained 600-token model that moves each token's log-prob by about 1/600, hence the tolerance.
+    assert torch.allclose(stored_c, ref_c, atol=0.1) and torch.allclose(stored_r, ref_r, atol=0.1)
+    loss, *_ = dpo_loss(chosen, rejected, stored_c, stored_r, beta=0.1)
+    assert torch.isfinite(loss)
+    loss.backward()
+    ln2, *_ = dpo_loss(chosen.detach(), rejected.detach(), ref_c, ref_r, beta=0.1)
+    assert abs(ln2.item() - math.log(2)) < 1e-4                        # policy == reference
+
+
+def test_tiny_track_returns_exactly_the_stored_rows():
+    from alignlab.data import read_jsonl
+    from alignlab.paths import PAIRS_FILE, PROMPTS_FILE
+
+    tiny = config.select_track("tiny")
+    assert load_prompts("test", tiny) == load_prompts("test") == [
+        r for r in read_jsonl(PROMPTS_FILE) if r["split"] == "test"]
+    stored = [r for r in read_jsonl(PAIRS_FILE) if r["split"] == "test"]
+    assert load_pairs("test", tiny) == stored
+    assert load_pairs("test", None, n=5) == stored[:5]
+
+
+def test_a_bad_size_or_track_is_refused(track):
+    with pytest.raises(ValueError, match="n must be"):
+        load_pairs("train", track, n=0)
+    with pytest.raises(TypeError, match="select_track"):
+        load_prompts("test", track="gpt2")
