@@ -11,6 +11,7 @@ STAMP   := $(VENV)/.alignlab-installed
 PORT    ?= 8888
 PYTEST_ARGS ?=
 LAB_ARGS ?=
+GRADE_ARGS ?=
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test setup release references grade benchmarks data clean-runtime help
@@ -47,7 +48,7 @@ references: setup
 	$(BIN)/python scripts/make_references.py
 
 grade: setup
-	$(BIN)/python -m alignlab.grading grade
+	$(BIN)/python -m alignlab.grading grade $(GRADE_ARGS)
 
 benchmarks: setup
 	$(BIN)/python benchmarks/run_all.py
