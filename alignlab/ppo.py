@@ -365,7 +365,8 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
         base = load_policy(policy_source, device=device)
         ref_model = ref_model if ref_model is not None else frozen_copy(base)
         policy = PolicyWithValue(base).to(next(base.parameters()).device)
-        prompts = load_prompts("train")
+        track = policy_source if hasattr(policy_source, "name") else None
+        prompts = load_prompts("train", track)
         gold = None
         if evaluate is None or isinstance(reward, str):
             gold = load_gold()
@@ -378,17 +379,19 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
         else:
             reward_fn = reward
         if evaluate is None:
-            evaluate = default_evaluator(ref_model, tokenizer, gold, config)
+            evaluate = default_evaluator(ref_model, tokenizer, gold, config, track=track)
         return train_ppo(policy, ref_model, tokenizer, reward_fn, prompts, config, fns=fns,
                          evaluate=evaluate, progress=progress)
 
 
-def default_evaluator(ref_model, tokenizer, gold, config: PPOConfig) -> Callable[[object], dict]:
-    """evaluate(policy) -> {"gold", "kl"} on the first ``config.eval_prompts`` held-out prompts (temperature 1)."""
+def default_evaluator(ref_model, tokenizer, gold, config: PPOConfig, track=None) -> Callable[[object], dict]:
+    """evaluate(policy) -> {"gold", "kl"} on the first ``config.eval_prompts`` held-out prompts (temperature 1).
+
+    ``track``: the prompts are encoded with that track's tokenizer (None: the stored tiny-track ids)."""
     from .data import load_prompts
     from .evaluation import evaluate_policy
 
-    test_prompts = load_prompts("test")
+    test_prompts = load_prompts("test", track)
 
     def evaluate(policy) -> dict:
         return evaluate_policy(policy, ref_model, tokenizer, gold, test_prompts, n=config.eval_prompts,

@@ -2,34 +2,64 @@
 
 Parametrized over the notebooks that exist. Run time and the slowest cells are printed (`pytest -s`);
 the budget (design section 8: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
+Each run leaves the executed notebook and a line of figures (wall time, the kernel's peak memory,
+what the notebook recorded with alignlab.report.record) under build/test-artifacts/.
 """
 from __future__ import annotations
 
+import json
 import os
+import threading
 import time
 from pathlib import Path
 
 import nbformat
+import psutil
 import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted(ROOT.glob("solutions/*/*.ipynb"))
 CELL_TIMEOUT_S = 600
+ARTIFACTS = ROOT / "build" / "test-artifacts"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", SOLUTIONS, ids=[p.stem for p in SOLUTIONS])
-def test_solution_notebook_runs_top_to_bottom(path, monkeypatch):
+def test_solution_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
     monkeypatch.delenv("NBGRADER_EXECUTION", raising=False)      # the learner's scale, not grading mode
     monkeypatch.setenv("ALIGNLAB_TRACK", "tiny")                  # the offline default, whatever the machine
     monkeypatch.setenv("PATH", f"{Path(os.sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("ALIGNLAB_RECORD", str(tmp_path / "figures.json"))
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="python3", allow_errors=True,
                             resources={"metadata": {"path": str(path.parent)}})
+    peak = {"rss": 0}
+    done = threading.Event()
+
+    def watch_kernel_memory():
+        while not done.wait(0.5):
+            try:
+                proc = psutil.Process(client.km.provisioner.process.pid)
+                peak["rss"] = max(peak["rss"], proc.memory_info().rss)
+            except (AttributeError, psutil.Error):
+                pass
+
+    watcher = threading.Thread(target=watch_kernel_memory, daemon=True)
     start = time.perf_counter()
-    client.execute()
+    watcher.start()
+    try:
+        client.execute()
+    finally:
+        done.set()
     seconds = time.perf_counter() - start
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "executed").mkdir(exist_ok=True)
+    nbformat.write(nb, ARTIFACTS / "executed" / path.name)
+    figures = json.loads((tmp_path / "figures.json").read_text()) if (tmp_path / "figures.json").exists() else {}
+    with open(ARTIFACTS / "notebook_runs.jsonl", "a") as log:
+        log.write(json.dumps({"notebook": path.stem, "wall_s": round(seconds, 1), "peak_mb": peak["rss"] // 2**20,
+                              "date": time.strftime("%Y-%m-%d %H:%M"), "figures": figures}) + "\n")
     errors = [(i, o.ename, o.evalue) for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"]
     print(f"{path.stem}: {seconds:.0f} s")
