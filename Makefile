@@ -12,6 +12,8 @@ PORT    ?= 8888
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 GRADE_ARGS ?=
+# Jupyter refuses to run as root without --allow-root (containers, CI).
+ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: lab test setup release references grade benchmarks data clean-runtime help
@@ -36,7 +38,7 @@ setup: $(STAMP)
 
 lab: setup
 	$(BIN)/python -m ipykernel install --user --name alignlab --display-name "Python (alignlab)" >/dev/null
-	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ROOT_ARGS) $(LAB_ARGS)
 
 test: setup
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

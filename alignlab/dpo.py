@@ -35,10 +35,10 @@ EvalFn = Callable[[torch.nn.Module], dict]  # policy -> {"gold": float, "kl": fl
 
 @dataclass
 class DPOConfig:
-    """Settings of one DPO run (defaults: the tiny track; the prototype's best notebook-sized run)."""
+    """Settings of one DPO run (defaults: the tiny track on a CPU; lr 3e-4 beat 1e-4 on gold at KL <= 10 there)."""
 
     beta: float = 0.1              # KL strength: implicit reward = beta * log(pi / pi_ref); bind it into loss_fn
-    lr: float = 1e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
+    lr: float = 3e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
     steps: int = 200               # optimizer steps; DPO keeps drifting from the reference, so stop early
     batch_size: int = 32           # pairs per step
     warmup_steps: int = 10         # linear learning-rate warm-up, then constant (as in the paper)
@@ -52,7 +52,7 @@ class DPOConfig:
     def for_track(cls, track, **overrides) -> "DPOConfig":
         """Defaults for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a handful of steps under the grader."""
         settings = dict(
-            lr=track.pick(cpu=1e-4, gpu=5e-6),
+            lr=track.pick(cpu=3e-4, gpu=5e-6),
             steps=track.pick(cpu=200, gpu=600, grading=6),
             batch_size=track.pick(cpu=32, gpu=64, grading=8),
             warmup_steps=track.pick(cpu=10, gpu=50, grading=0),

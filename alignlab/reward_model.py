@@ -7,9 +7,12 @@ Stable entry points (notebook 03 and later reuse them; keep the signatures):
 
 - ``RewardModelConfig.for_track(track, **overrides)`` -- sizes for a track.
 - ``train_reward_model(pairs, config, loss_fn=None, track=None, last_index_fn=None, progress=True) -> RewardModel``
-  -- a trained reward model in eval mode, on the track's device, in about a minute
-  on a laptop CPU (tiny track). ``pairs`` is the training split of
-  ``alignlab.data.load_pairs()``. The model carries ``.train_losses`` (list of float).
+  -- a trained reward model in eval mode, on the track's device (tiny track, CPU defaults: 200 steps of
+  32 pairs, about 6 CPU-minutes of work; pass ``steps=`` to ``for_track`` for less). ``pairs`` is the
+  training split of ``alignlab.data.load_pairs()``. The model carries ``.train_losses`` and
+  ``.train_accuracies`` (lists of float). ``loss_fn`` defaults to ``reference.pairwise_reward_loss``.
+- ``score_batch(reward_model, input_ids, attention_mask) -> (B,)`` -- rewards of collated sequences
+  (e.g. a rollout's), any padding side.
 - ``score_pairs(reward_model, pairs, tokenizer) -> (chosen (N,), rejected (N,))`` and
   ``score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id) -> (N,)`` -- rewards.
 - ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement``,

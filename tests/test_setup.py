@@ -85,7 +85,10 @@ def test_make_lab_serves_the_notebooks():
         assert status == 200
         assert "00_getting_started" in listing, "JupyterLab should open on notebooks/"
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
         proc.wait(timeout=30)
 
 
