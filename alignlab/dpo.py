@@ -128,19 +128,6 @@ def reference_logps(reference, batch: dict, average: bool = False) -> tuple[torc
     return out[0], out[1]
 
 
-def retokenize_pairs(rows: Sequence[dict], tokenizer) -> list[dict]:
-    """The pairs re-encoded from their texts with another tokenizer (the gpt2 track), without stored reference log-probs.
-
-    The embedded pairs carry token ids of the tiny track's tokenizer and log-probs
-    of the tiny policy; another model needs its own ids and its own reference
-    (pass the frozen model to ``train_dpo``). A final EOS is not re-added.
-    """
-    drop = {"ref_chosen_logp", "ref_rejected_logp"}
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    return [{**{k: v for k, v in r.items() if k not in drop}, "prompt_ids": encode(r["prompt"]),
-             "chosen_ids": encode(r["chosen"]), "rejected_ids": encode(r["rejected"])} for r in rows]
-
-
 def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
     """TRL's logged statistics: mean implicit rewards, accuracy (strict >) and margin."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
@@ -275,5 +262,5 @@ def beta_explorer(preference_probability_fn: Callable | None = None, gradient_we
     return widgets.interactive(show, beta=slider)
 
 
-__all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps", "retokenize_pairs",
+__all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps",
            "implicit_reward_stats", "plot_history", "beta_explorer"]

@@ -213,16 +213,3 @@ def test_beta_explorer_draws_with_the_given_functions():
     assert "beta" in [c.description for c in widget.children if hasattr(c, "description")]
     widget.children[0].value = 1.0
     assert calls, "moving the slider should redraw with the learner's function"
-
-
-def test_retokenize_pairs_reencodes_texts_and_drops_the_stored_reference():
-    class CharTokenizer:                    # one id per character: easy to predict
-        def __call__(self, text, add_special_tokens=False):
-            return {"input_ids": [ord(c) % VOCAB for c in text]}
-
-    rows = [{"prompt": "ab", "chosen": "cde", "rejected": "f", "prompt_ids": [1], "chosen_ids": [2], "rejected_ids": [3],
-             "ref_chosen_logp": -1.0, "ref_rejected_logp": -2.0, "gold_chosen": 0.9}]
-    out = dpo.retokenize_pairs(rows, CharTokenizer())
-    assert out[0]["prompt_ids"] == [ord("a") % VOCAB, ord("b") % VOCAB] and len(out[0]["chosen_ids"]) == 3
-    assert "ref_chosen_logp" not in out[0] and out[0]["gold_chosen"] == 0.9
-    assert rows[0]["prompt_ids"] == [1], "the original rows are left alone"
