@@ -5,13 +5,6 @@ import torch
 from alignlab.data import collate, collate_pairs, load_pairs, load_prompts, load_reviews, read_jsonl, write_jsonl
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy shared 2-core machine, two threads spin-wait and run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 PAD = 1
 

@@ -12,13 +12,6 @@ from alignlab.models import (PolicyWithValue, RewardModel, frozen_copy, load_pol
                              position_ids_from_mask)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy shared 2-core machine, two threads spin-wait and run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -11,13 +11,6 @@ from alignlab.data import load_reviews
 from alignlab.rewards import GoldReward, load_gold
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy shared 2-core machine, two threads spin-wait and run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 ODD_TEXTS = ["", "   ", "!!!", "A wonderful, wonderful film. I loved it!", "Dull. Far too long; awful acting.",
              "Ünïcode café — naïve résumé 10/10", "not bad not bad not bad", "the the the the", "x y z",

@@ -8,13 +8,6 @@ from alignlab.models import load_policy, load_tokenizer
 from alignlab.rollout import Rollout, sample, sequence_token_logprobs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy shared 2-core machine, two threads spin-wait and run several times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 EOS, PAD = 0, 1
 
