@@ -61,21 +61,16 @@ def completed_student_notebook(name: str) -> dict:
 
 @pytest.fixture
 def lab(tmp_path):
-    """A JupyterLab server on a free port, serving a temporary copy of the course (with nbgrader's formgrader)."""
+    """A JupyterLab server on a free port, rooted at the course (so formgrader reads its nbgrader config)."""
     _need_browser()
-    course = tmp_path / "course"
-    course.mkdir()
-    for item in ("solutions", "notebooks", "nbgrader_config.py"):
-        src = ROOT / item
-        (shutil.copytree if src.is_dir() else shutil.copy)(src, course / item)
     port = _free_port()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                ALIGNLAB_TRACK="tiny", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
          "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", "--ServerApp.password=", "--allow-root",
-         f"--ServerApp.root_dir={course}", f"--CourseDirectory.root={course}"],
-        cwd=course, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+         f"--ServerApp.root_dir={ROOT}"],
+        cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
@@ -88,12 +83,12 @@ def lab(tmp_path):
                 pytest.fail("JupyterLab did not start:\n" + proc.stdout.read().decode()[-3000:])
             time.sleep(1)
     try:
-        yield course, url
+        yield ROOT, url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
         try:
+            os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
+        except (ProcessLookupError, subprocess.TimeoutExpired):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
@@ -116,10 +111,13 @@ def _shot(page, name: str):
 
 def test_a_finished_notebook_runs_in_jupyterlab_with_plots_widgets_and_feedback(lab, browser):
     course, url = lab
-    done = course / "notebooks" / NOTEBOOK / f"{NOTEBOOK}_done.ipynb"
+    # A learner's finished copy, next to the student notebook's own folder layout but in git-ignored build/.
+    work = ARTIFACTS / "browser"
+    work.mkdir(parents=True, exist_ok=True)
+    done = work / f"{NOTEBOOK}_done.ipynb"
     done.write_text(json.dumps(completed_student_notebook(NOTEBOOK)))
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/notebooks/{NOTEBOOK}/{done.name}")
+    page.goto(f"{url}/lab/tree/{done.relative_to(course).as_posix()}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
     page.click(".lm-MenuBar-itemLabel:text-is('Run')")
@@ -148,10 +146,14 @@ def test_a_finished_notebook_runs_in_jupyterlab_with_plots_widgets_and_feedback(
 def test_formgrader_lists_the_course_assignments(lab, browser):
     course, url = lab
     page = browser.new_page(viewport={"width": 1400, "height": 900})
-    page.goto(f"{url}/formgrader")
     assignments = sorted(p.name for p in (course / "solutions").iterdir() if p.is_dir())
-    page.wait_for_selector(f"text={assignments[0]}", timeout=60_000)
+    listed = page.request.get(f"{url}/formgrader/api/assignments").json()
+    assert sorted(a["name"] for a in listed) == assignments
+    page.goto(f"{url}/formgrader")
+    try:
+        page.wait_for_selector(f"text={assignments[0]}", timeout=60_000)
+    finally:
+        _shot(page, "browser-formgrader.png")
     text = page.inner_text("body")
-    _shot(page, "browser-formgrader.png")
     missing = [a for a in assignments if a not in text]
     assert not missing, f"formgrader does not list {missing}"
