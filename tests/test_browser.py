@@ -120,8 +120,9 @@ def test_a_finished_notebook_runs_in_jupyterlab_with_plots_widgets_and_feedback(
     page.goto(f"{url}/lab/tree/{done.relative_to(course).as_posix()}")
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
     page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()          # focus the notebook
     page.click(".lm-MenuBar-itemLabel:text-is('Run')")
-    page.click("li[data-command='notebook:run-all-cells']")
+    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
     # Wait until every cell has run: no "[*]" prompt left and the kernel is idle again.
     deadline = time.time() + 400
     while time.time() < deadline:
