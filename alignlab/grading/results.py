@@ -23,6 +23,8 @@ def summary_row(job) -> dict:
             row["max_score"] += g["max_score"]
             if g.get("reason"):
                 reasons.append(f"{g['id']}: {g['reason']}")
+            elif g["auto_score"] is None:
+                reasons.append(f"{g['id']}: written answer awaiting manual grading in formgrader")
     row["reasons"] = " | ".join(reasons)
     return row
 
