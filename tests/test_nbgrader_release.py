@@ -105,6 +105,17 @@ def test_nbgrader_config_maps_the_course():
     assert "autograder/runtime/" in (ROOT / ".gitignore").read_text()
 
 
+def test_a_fresh_clone_gets_its_gradebook_folder(tmp_path, monkeypatch):
+    """SQLite makes the file, not the folder: without this, formgrader answers 500 on a fresh clone."""
+    from traitlets.config import Config
+    monkeypatch.delenv("ALIGNLAB_DB_URL", raising=False)
+    (tmp_path / "solutions").mkdir()
+    c = Config()
+    course.apply(c, root=tmp_path)
+    assert (tmp_path / "autograder" / "runtime").is_dir()
+    assert c.CourseDirectory.db_url == f"sqlite:///{tmp_path.resolve() / 'autograder' / 'runtime' / 'gradebook.db'}"
+
+
 def test_ignore_pattern_drops_warnings_and_progress_bars_only():
     import re
     noise = ["/x.py:3: UserWarning: careful\n  warnings.warn(", "\r 40%|####      | 4/10 [00:01<00:02, 3.1it/s]"]

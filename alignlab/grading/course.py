@@ -70,6 +70,10 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
     c.CourseDirectory.solution_directory = str(runtime / "solution")
     c.CourseDirectory.db_url = db_url or (f"sqlite:///{runtime / 'gradebook.db'}" if runtime != runtime_dir(root)
                                           else default_db_url(root))
+    if c.CourseDirectory.db_url.startswith("sqlite:///"):
+        # SQLite creates the file but not its folder: a fresh clone has no autograder/runtime/ yet, and
+        # formgrader (or `nbgrader db ...`) would answer every request with an error 500 without it.
+        Path(c.CourseDirectory.db_url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".*"]
 
     c.ClearSolutions.code_stub = {"python": STUB_CODE}
