@@ -135,10 +135,21 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
     return model
 
 
+def _pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Right-pad a (B, T) tensor with zeros to (B, width)."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0)
+
+
 def _pair_rewards(model, batch, device):
-    """Rewards of a collated pair batch in one forward: chosen and rejected stacked along the batch."""
-    ids = torch.cat([batch["chosen_input_ids"], batch["rejected_input_ids"]]).to(device)        # (2B, T)
-    mask = torch.cat([batch["chosen_attention_mask"], batch["rejected_attention_mask"]]).to(device)  # (2B, T)
+    """Rewards of a collated pair batch in one forward: chosen and rejected stacked along the batch.
+
+    The two sides are padded separately by ``collate_pairs``, so the narrower one is right-padded to the
+    wider (attention 0 there; the head reads the last real token, so the pad id does not matter).
+    """
+    width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    ids = torch.cat([_pad_right(batch[f"{side}_input_ids"], width) for side in ("chosen", "rejected")])       # (2B, T)
+    mask = torch.cat([_pad_right(batch[f"{side}_attention_mask"], width) for side in ("chosen", "rejected")])  # (2B, T)
+    ids, mask = ids.to(device), mask.to(device)
     rewards = model(ids, mask)  # (2B,)
     return rewards.chunk(2)
 

@@ -183,6 +183,19 @@ def test_margin_reaches_the_loss(toy_track):
     assert seen == [0.5, 0.5]
 
 
+def test_chosen_and_rejected_of_different_widths_are_scored_alike(toy_track):
+    """collate_pairs pads each side to its own width; a batch where they differ trains and scores."""
+    track, tok = toy_track
+    rows = toy_pairs(8)
+    rows[0] = {**rows[0], "rejected_ids": rows[0]["rejected_ids"] + [7, 8, 9]}   # the widest row is a rejected one
+    config = RewardModelConfig(steps=2, batch_size=8, warmup_steps=1)
+    rm = reward_model.train_reward_model(rows, config, track=track, progress=False)
+    chosen, rejected = reward_model.score_pairs(rm, rows, tok)
+    for i, row in enumerate(rows):                                          # the same as scoring each alone
+        alone_c, alone_r = reward_model.score_pairs(rm, [row], tok)
+        assert torch.allclose(chosen[i], alone_c[0], atol=1e-5) and torch.allclose(rejected[i], alone_r[0], atol=1e-5)
+
+
 def test_gao_fit_recovers_a_known_law():
     kl = [math.log(n) - (n - 1) / n for n in (1, 2, 4, 8, 16, 32, 64)]
     gold = [0.5 + math.sqrt(k) * (0.3 - 0.1 * math.sqrt(k)) for k in kl]
