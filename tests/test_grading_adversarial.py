@@ -77,3 +77,12 @@ def test_a_submission_over_the_time_limit_is_killed_with_its_kernel(graded, tmp_
     left = [p for p in psutil.Process().children(recursive=True)
             if p.pid not in before and "forkserver" not in " ".join(p.cmdline())]
     assert not left, f"processes left behind: {[p.cmdline() for p in left]}"
+
+
+def test_a_submission_the_grader_cannot_even_start_is_reported_not_raised(tmp_path):
+    """run_one never raises: a broken scratch folder becomes a failed job with a reason, the batch goes on."""
+    blocked = tmp_path / "work"
+    blocked.write_text("a file where the scratch folder should be")
+    job = batch.Job(student="s1", assignment=ASSIGNMENT, submission=tmp_path / "submitted")
+    out = batch.run_one(job, blocked, tmp_path / "template.db", timeout=5, cell_timeout=5)
+    assert out.result["status"] == "failed" and "could not run this submission" in out.result["reason"]

@@ -129,15 +129,28 @@ def _context():
     return _CONTEXT
 
 
-def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int) -> Job:
-    """Grade one submission in a worker process; always returns, with ``job.result`` set."""
+def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int = 1) -> Job:
+    """Grade one submission in a worker process; always returns, with ``job.result`` set.
+
+    ``threads``: the kernel's CPU threads (OMP_NUM_THREADS, unless already set): workers x threads should not
+    exceed the cores, or torch's threads spin against each other and every submission slows down many times.
+    """
+    try:
+        return _run_one(job, work, template_db, timeout, cell_timeout, threads)
+    except Exception as exc:                                     # e.g. the scratch folder cannot be made
+        job.result = {"status": "failed", "notebooks": {},
+                      "reason": f"the grader could not run this submission: {type(exc).__name__}: {exc}"}
+        return job
+
+
+def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int) -> Job:
     wdir = work / f"{job.student}__{job.assignment}"
     if wdir.exists():
         shutil.rmtree(wdir)
     wdir.mkdir(parents=True)
     spec = {"student": job.student, "assignment": job.assignment, "submission": str(job.submission),
             "work_dir": str(wdir), "template_db": str(template_db),
-            "cell_timeout": job.cell_timeout or cell_timeout}
+            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads}
     (wdir / "job.json").write_text(json.dumps(spec))
     start = time.perf_counter()
     proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
@@ -240,10 +253,16 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
     done = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
-        futures = [pool.submit(run_one, j, c.work, template, timeout, cell_timeout) for j in jobs]
+        threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+        futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads): j for j in jobs}
         for fut in as_completed(futures):
-            job = fut.result()
-            import_result(c, job)
+            job = fut.result()                                   # run_one never raises
+            try:
+                import_result(c, job)
+            except Exception as exc:                             # one bad result must not stop the batch
+                job.result = {**job.result, "status": "failed",
+                              "reason": f"its result could not be stored in the gradebook: {type(exc).__name__}: {exc}"}
+                log(f"{job.student}/{job.assignment}: {job.result['reason']}")
             done.append(job)
             bar.set_postfix_str(f"{job.student}: {job.result.get('status')}")
             bar.update(1)

@@ -5,6 +5,7 @@ cells at the same time, which is what autograding restores locked and missing ce
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,6 +24,28 @@ def assignments(root: Path | str = course.REPO_ROOT) -> list[str]:
     """Assignment ids: the folders of solutions/ that hold a notebook of the same name."""
     src = Path(root) / course.SOURCE_DIR
     return sorted(p.name for p in src.iterdir() if (p / f"{p.name}.ipynb").exists()) if src.exists() else []
+
+
+def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -> dict:
+    """The student notebook with each answer cell replaced by the solution's code: a learner who finished.
+
+    Code answers only (written answers keep the stub: they are graded by hand). A plain notebook dict.
+    """
+    root = Path(root)
+    student = json.loads((root / course.RELEASE_DIR / name / f"{name}.ipynb").read_text())
+    solution = json.loads((root / course.SOURCE_DIR / name / f"{name}.ipynb").read_text())
+    answers = {}
+    for cell in solution["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("solution") and cell["cell_type"] == "code":
+            src = "".join(cell["source"]).splitlines()
+            answers[meta["grade_id"]] = "\n".join(l for l in src if "### BEGIN SOLUTION" not in l
+                                                  and "### END SOLUTION" not in l)
+    for cell in student["cells"]:
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        if meta.get("grade_id") in answers:
+            cell["source"] = answers[meta["grade_id"]]
+    return student
 
 
 def make_config(root=course.REPO_ROOT, runtime=None, db_url=None, release_dir=None, cell_timeout=None):

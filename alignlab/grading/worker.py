@@ -119,6 +119,8 @@ def grade(job: dict) -> dict:
 def run_job(job_file: str) -> int:
     """Grade the job described in ``job_file``; write result.json next to it. Output goes to worker.log."""
     job = json.loads(Path(job_file).read_text())
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):        # the kernel inherits them: workers share the cores
+        os.environ.setdefault(var, str(job.get("threads", 1)))
     result_path = Path(job["work_dir"]) / "result.json"
     log = os.open(Path(job["work_dir"]) / "worker.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
