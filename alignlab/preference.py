@@ -188,8 +188,10 @@ def bradley_terry_explorer(bt_fn: BTFn, gaps=None):
 
     return widgets.interact(
         draw,
-        gap=widgets.FloatSlider(value=0.2, min=-1.0, max=1.0, step=0.01, description="gold gap"),
-        temperature=widgets.FloatSlider(value=0.1, min=0.01, max=1.0, step=0.01, description="temperature"),
+        gap=widgets.FloatSlider(value=0.2, min=-1.0, max=1.0, step=0.01, description="gold gap",
+                                style={"description_width": "initial"}),
+        temperature=widgets.FloatSlider(value=0.1, min=0.01, max=1.0, step=0.01, description="temperature",
+                                        style={"description_width": "initial"}),   # 7.7 and 8: full label
     )
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from alignlab.grading.release import completed_student_notebook
+
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = ROOT / "build" / "test-artifacts"
@@ -41,24 +43,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def completed_student_notebook(name: str) -> dict:
-    """The student notebook with each answer cell replaced by the solution's code: a learner who finished."""
-    student = json.loads((ROOT / "notebooks" / name / f"{name}.ipynb").read_text())
-    solution = json.loads((ROOT / "solutions" / name / f"{name}.ipynb").read_text())
-    answers = {}
-    for cell in solution["cells"]:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("solution") and cell["cell_type"] == "code":
-            src = "".join(cell["source"]).splitlines()
-            answers[meta["grade_id"]] = "\n".join(l for l in src if "### BEGIN SOLUTION" not in l
-                                                  and "### END SOLUTION" not in l)
-    for cell in student["cells"]:
-        meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("grade_id") in answers:
-            cell["source"] = answers[meta["grade_id"]]
-    return student
-
-
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on a free port, rooted at the course (so formgrader reads its nbgrader config)."""
@@ -69,7 +53,9 @@ def lab(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}", "--ServerApp.port_retries=0",
          "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", "--ServerApp.password=", "--allow-root",
-         f"--ServerApp.root_dir={ROOT}"],
+         f"--ServerApp.root_dir={ROOT}",
+         # A fresh workspace each run: otherwise ~/.jupyter's remembered tabs reopen earlier tests' notebooks.
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
@@ -158,3 +144,117 @@ def test_formgrader_lists_the_course_assignments(lab, browser):
     text = page.inner_text("body")
     missing = [a for a in assignments if a not in text]
     assert not missing, f"formgrader does not list {missing}"
+
+
+# ---------------------------------------------------------------- every widget explorer
+# Each ipywidgets explorer the course offers: (module, function, the call a notebook makes, sliders it shows).
+# Called with their defaults (the reference Bradley-Terry function where one is required): fast, no training.
+EXPLORERS = [
+    ("preference", "bradley_terry_explorer", "preference.bradley_terry_explorer(reference.bradley_terry_probability);", 2),
+    ("dpo", "beta_explorer", "dpo.beta_explorer()", 1),
+]
+
+
+def _widget_functions() -> set[tuple[str, str]]:
+    """(module, function) for every alignlab function whose body imports ipywidgets: the explorers."""
+    import ast
+    found = set()
+    for path in sorted((ROOT / "alignlab").rglob("*.py")):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)) and any(
+                    isinstance(n, (ast.Import, ast.ImportFrom))
+                    and any((a.name if isinstance(n, ast.Import) else (n.module or "")).split(".")[0] == "ipywidgets"
+                            for a in n.names)
+                    for n in ast.walk(fn)):
+                found.add((".".join(path.relative_to(ROOT / "alignlab").with_suffix("").parts), fn.name))
+    return found
+
+
+def test_every_widget_explorer_is_in_the_browser_test():
+    covered = {(module, fn) for module, fn, _, _ in EXPLORERS}
+    assert _widget_functions() == covered, "update EXPLORERS so the browser test drives every explorer"
+
+
+def test_every_widget_explorer_renders_and_responds_in_jupyterlab(lab, browser):
+    course, url = lab
+    work = ARTIFACTS / "browser"
+    work.mkdir(parents=True, exist_ok=True)
+    imports = "from alignlab import reference, " + ", ".join(sorted({m for m, _, _, _ in EXPLORERS}))
+    cells = [imports] + [call for _, _, call, _ in EXPLORERS]
+    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {"kernelspec": {
+        "name": "python3", "display_name": "Python 3", "language": "python"}},
+          "cells": [{"cell_type": "code", "id": f"cell{i}", "metadata": {}, "execution_count": None,
+                     "outputs": [], "source": src} for i, src in enumerate(cells)]}
+    path = work / "widget_explorers.ipynb"
+    path.write_text(json.dumps(nb, indent=1))
+
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{url}/lab/tree/{path.relative_to(course).as_posix()}")
+    page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=60_000)
+    page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+    page.locator(".jp-Notebook .jp-Cell").first.click()
+    page.click(".lm-MenuBar-itemLabel:text-is('Run')")
+    page.locator(".lm-Menu-itemLabel:text-is('Run All Cells')").click()
+    try:
+        # Every code cell has an execution count once it has run.
+        page.wait_for_function(
+            """n => { const p = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+                      return p.length === n && p.every(e => /\\[\\d+\\]/.test(e.textContent)); }""",
+            arg=len(cells), timeout=180_000)
+        page.wait_for_selector("#jp-main-statusbar >> text=Idle", timeout=60_000)
+        for i, (module, fn, _, n_sliders) in enumerate(EXPLORERS, start=1):
+            _check_explorer(page, page.locator(".jp-Notebook .jp-CodeCell").nth(i), f"{module}.{fn}", n_sliders)
+    finally:
+        _shot(page, "browser-widget-explorers.png")
+
+
+def _check_explorer(page, cell, name: str, n_sliders: int):
+    """The explorer in `cell` shows its sliders and a figure, and each slider, moved, redraws the figure."""
+    out = cell.locator(".jp-Cell-outputArea")
+    sliders = out.locator(".widget-slider")
+    image = out.locator(".jp-RenderedImage img")
+    try:
+        sliders.first.wait_for(state="visible", timeout=60_000)
+        image.first.wait_for(state="visible", timeout=60_000)
+    except Exception:
+        pytest.fail(f"{name}: no slider and figure rendered; its output reads:\n{out.inner_text()[:2000]}")
+    text = out.inner_text()
+    assert "Error displaying widget" not in text and "Traceback" not in text, f"{name}:\n{text[:2000]}"
+    assert "interactive(children=(" not in text, f"{name} rendered as text, not as a widget"
+    assert sliders.count() == n_sliders, f"{name}: {sliders.count()} sliders, expected {n_sliders}"
+    assert image.count() == 1, f"{name}: {image.count()} figures, expected 1"
+    cell.scroll_into_view_if_needed()
+
+    def redrawn_after(action, what: str):
+        before = image.first.get_attribute("src")
+        action()
+        try:   # the interactive output is replaced by a new figure
+            page.wait_for_function(
+                """([el, old]) => { const img = el.querySelector('.jp-RenderedImage img');
+                                    return img !== null && img.getAttribute('src') !== old; }""",
+                arg=[out.element_handle(), before], timeout=60_000)
+        except Exception:
+            _shot(page, "browser-widget-explorers.png")
+            pytest.fail(f"{name}: the figure did not change after {what}")
+        assert image.count() == 1, f"{name}: {image.count()} figures after {what}"
+
+    for k in range(n_sliders):
+        slider = sliders.nth(k)
+        label = slider.locator(".widget-label").first.inner_text()
+        readout = slider.locator(".widget-readout")
+        # By keyboard: focus the slider's handle and step it.
+        old = readout.inner_text()
+        redrawn_after(lambda: (slider.locator(".noUi-handle, .ui-slider-handle").first.focus(),
+                               page.keyboard.press("ArrowLeft" if k % 2 else "ArrowRight")),
+                      f"moving the '{label}' slider with the keyboard")
+        assert readout.inner_text() != old, f"{name}: the '{label}' readout did not change"
+        # By typing a value into the readout.
+        old = readout.inner_text()
+        value = "0.3" if old.strip() not in ("0.3", "0.30", "0.300") else "0.5"
+        redrawn_after(lambda: (readout.click(), page.keyboard.press("Control+A"),
+                               page.keyboard.type(value), page.keyboard.press("Enter")),
+                      f"typing {value} into the '{label}' readout")
+        assert float(readout.inner_text()) == pytest.approx(float(value), rel=0.1), \
+            f"{name}: the '{label}' readout reads {readout.inner_text()!r} after typing {value}"
+    text = out.inner_text()
+    assert "Error displaying widget" not in text and "Traceback" not in text, f"{name}:\n{text[:2000]}"
