@@ -6,7 +6,7 @@ DPO step: notebook 04's run, ``DPOConfig.for_track(tiny)`` (32 pairs a step,
 reference log-probs read from the pairs, as ``train_dpo(policy, None, ...)``):
 collate, one forward of chosen+rejected, loss, backward, clip, AdamW step.
 PPO iteration: notebook 03's run, ``PPOConfig.for_track(tiny)`` (64 rollouts of
-at most 24 tokens, a reward model score, GAE, 4 epochs of 2 minibatches of
+at most 24 tokens, a reward model score, GAE, the configured epochs of minibatches of
 32), without the periodic evaluation. Prints the median over ``--repeats``
 runs of each, after one warm-up. On a shared machine the figures include
 the other processes' load.

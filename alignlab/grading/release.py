@@ -27,9 +27,10 @@ def assignments(root: Path | str = course.REPO_ROOT) -> list[str]:
 
 
 def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -> dict:
-    """The student notebook with each answer cell replaced by the solution's code: a learner who finished.
+    """The student notebook with each answer cell replaced by the solution's answer: a learner who finished.
 
-    Code answers only (written answers keep the stub: they are graded by hand). A plain notebook dict.
+    Code answers and written (Markdown) answers alike, so nbgrader sees every answer changed from its stub
+    (an unchanged written answer is scored 0 automatically). A plain notebook dict.
     """
     root = Path(root)
     student = json.loads((root / course.RELEASE_DIR / name / f"{name}.ipynb").read_text())
@@ -37,7 +38,7 @@ def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -
     answers = {}
     for cell in solution["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
-        if meta.get("solution") and cell["cell_type"] == "code":
+        if meta.get("solution"):
             src = "".join(cell["source"]).splitlines()
             answers[meta["grade_id"]] = "\n".join(l for l in src if "### BEGIN SOLUTION" not in l
                                                   and "### END SOLUTION" not in l)
