@@ -14,6 +14,7 @@ from alignlab.data import collate_pairs, load_pairs, load_prompts
 from alignlab.dpo import pair_logps, reference_logps
 from alignlab.models import frozen_copy, load_policy, load_tokenizer
 from alignlab.reference import dpo_loss
+from conftest import save_gpt2_shaped
 
 PAIR_FIELDS = {"split", "prompt", "prompt_ids", "chosen", "chosen_ids", "rejected", "rejected_ids",
                "gold_chosen", "gold_rejected", "p_chosen", "ref_chosen_logp", "ref_rejected_logp"}
@@ -22,25 +23,9 @@ PAIR_FIELDS = {"split", "prompt", "prompt_ids", "chosen", "chosen_ids", "rejecte
 @pytest.fixture(scope="module")
 def gpt2_folder(tmp_path_factory):
     """A 2-layer, width-64 GPT-2 and a freshly trained byte-level BPE (GPT-2 style: EOS, no pad token)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
     folder = tmp_path_factory.mktemp("gpt2-small-local")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=["<|endoftext|>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    bpe.train_from_iterator([r["prompt"] for r in load_prompts("train")], trainer)   # short texts: fast
-    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                                  unk_token="<|endoftext|>")
-    assert tok.pad_token is None                                   # like the Hub's gpt2 tokenizer
-    tok.save_pretrained(folder)
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=64, n_head=2, n_positions=128,
-                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    return folder
+    texts = [r["prompt"] for r in load_prompts("train")]                           # short texts: fast
+    return save_gpt2_shaped(folder, texts, vocab_size=600, n_layer=2, n_embd=64, n_positions=128)
 
 
 @pytest.fixture(scope="module")

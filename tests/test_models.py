@@ -3,10 +3,9 @@ import shutil
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
 
 from alignlab import paths
+from conftest import save_gpt2_shaped
 from alignlab.config import Track
 from alignlab.models import (PolicyWithValue, RewardModel, frozen_copy, load_policy, load_tokenizer,
                              position_ids_from_mask)
@@ -18,21 +17,7 @@ from alignlab.models import (PolicyWithValue, RewardModel, frozen_copy, load_pol
 def gpt2_shaped(tmp_path_factory):
     """A folder laid out like the Hub's "gpt2": random GPT2LMHeadModel + byte-level BPE tokenizer, no pad token."""
     folder = tmp_path_factory.mktemp("gpt2-like")
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    bpe.decoder = decoders.ByteLevel()
-    bpe.train_from_iterator(["a good film", "a bad film", "the plot was thin"] * 5,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok = GPT2TokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>",
-                            unk_token="<|endoftext|>")
-    assert tok.pad_token is None
-    torch.manual_seed(0)
-    cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=2, n_head=2,
-                     eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    GPT2LMHeadModel(cfg).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+    return save_gpt2_shaped(folder, ["a good film", "a bad film", "the plot was thin"] * 5, vocab_size=300)
 
 
 @pytest.fixture(scope="module")
