@@ -6,6 +6,7 @@
 >>> reference = frozen_copy(policy)          # eval mode, no gradients
 >>> rm = RewardModel.from_policy(track)      # GPT-2 backbone + scalar head at the last real token
 >>> pv = PolicyWithValue.from_policy(track)  # forward -> (logits (B,T,V), values (B,T))
+>>> pv = PolicyWithValue.from_policy(track, value_from=proxy)  # a separate value model copied from a reward model
 
 Sources: a ``Track`` (its ``policy`` field), a local folder saved with
 ``save_pretrained``, or a Hub id such as ``"gpt2"`` (the same
@@ -182,31 +183,73 @@ class RewardModel(nn.Module):
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(picked).squeeze(-1).float()                          # (B,)
 
+    def scores_at_every_position(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, T): entry t is the score the head gives the text x[..t], as if it ended there (padding: junk)."""
+        check_batch(self.backbone.config, input_ids)
+        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                            position_ids=position_ids_from_mask(attention_mask))
+        return self.head(out.last_hidden_state).squeeze(-1).float()           # (B, T)
+
 
 class PolicyWithValue(nn.Module):
-    """A causal LM plus a value head on its last hidden states: ``forward -> (logits (B,T,V), values (B,T))``.
+    """A causal LM plus a value function: ``forward -> (logits (B,T,V), values (B,T))``.
 
-    ``values[:, t]`` estimates the return from the state x[..t]. The value head
-    starts at zero so the first values are 0. ``.policy`` is the plain causal LM
-    (use it for sampling and saving).
+    ``values[:, t]`` estimates the return from the state x[..t]. ``.policy`` is the plain
+    causal LM (use it for sampling and saving). Two layouts:
+
+    - ``PolicyWithValue(policy)``: a value head on the policy's own last hidden states, one
+      shared transformer; the head starts at zero, so the first values are 0.
+    - ``PolicyWithValue(policy, value_model=rm, shift=s, scale=c)``: a separate value model,
+      TRL's layout: a trainable reward model read at every position,
+      ``values[:, t] = (rm head at t - s) / c``. Started from a copy of the reward model PPO
+      optimizes (``from_policy(..., value_from=reward)``), it knows from the first iteration
+      which texts score well, so its advantages credit the tokens that change the score.
     """
 
-    def __init__(self, policy: nn.Module):
+    def __init__(self, policy: nn.Module, value_model: "RewardModel | None" = None,
+                 shift: float = 0.0, scale: float = 1.0):
         super().__init__()
         self.policy = policy                                      # GPT2LMHeadModel
-        self.value_head = nn.Linear(policy.config.n_embd, 1)
-        nn.init.zeros_(self.value_head.weight)
-        nn.init.zeros_(self.value_head.bias)
+        self.value_model = value_model
+        self.shift, self.scale = float(shift), float(scale)
+        if value_model is None:
+            self.value_head = nn.Linear(policy.config.n_embd, 1)
+            nn.init.zeros_(self.value_head.weight)
+            nn.init.zeros_(self.value_head.bias)
 
     @classmethod
-    def from_policy(cls, track_or_path, device=None) -> "PolicyWithValue":
-        policy = load_policy(track_or_path, device=device)
-        return cls(policy).to(next(policy.parameters()).device)
+    def from_policy(cls, track_or_path, device=None, value_from=None) -> "PolicyWithValue":
+        """The policy at ``track_or_path`` with a value head, or with a value model copied from ``value_from``."""
+        return cls.around(load_policy(track_or_path, device=device), value_from)
+
+    @classmethod
+    def around(cls, policy: nn.Module, value_from=None) -> "PolicyWithValue":
+        """Wrap a loaded causal LM: a value head (``value_from=None``) or a value model copied from ``value_from``.
+
+        ``value_from``: a reward model (``RewardModel``) or a PPO reward wrapping one
+        (``alignlab.ppo.ModelReward``, whose shift and scale the values then share).
+        The copy is trainable; the reward model itself is not touched.
+        """
+        device = next(policy.parameters()).device
+        if value_from is None:
+            return cls(policy).to(device)
+        rm = getattr(value_from, "reward_model", value_from)
+        if not isinstance(rm, RewardModel):
+            raise TypeError(f"value_from must be a RewardModel or a reward wrapping one (ModelReward), "
+                            f"not {type(value_from).__name__}")
+        value_model = copy.deepcopy(rm).requires_grad_(True)
+        shift, scale = getattr(value_from, "shift", 0.0), getattr(value_from, "scale", 1.0)
+        return cls(policy, value_model, shift, scale).to(device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         check_batch(self.policy.config, input_ids)
+        position_ids = position_ids_from_mask(attention_mask)
+        if self.value_model is not None:
+            logits = self.policy(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
+            values = (self.value_model.scores_at_every_position(input_ids, attention_mask) - self.shift) / self.scale
+            return logits, values                                                 # (B, T, V), (B, T)
         out = self.policy(input_ids=input_ids, attention_mask=attention_mask,
-                          position_ids=position_ids_from_mask(attention_mask), output_hidden_states=True)
+                          position_ids=position_ids, output_hidden_states=True)
         hidden = out.hidden_states[-1]                                        # (B, T, H), after the final layer norm
         values = self.value_head(hidden).squeeze(-1).float()                  # (B, T)
         return out.logits, values                                             # (B, T, V), (B, T)

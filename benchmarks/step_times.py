@@ -51,11 +51,13 @@ def time_dpo_step(track, pairs, repeats: int) -> tuple[list[float], list[float]]
 
 
 def time_ppo_iteration(track, prompts, repeats: int) -> tuple[list[float], list[float]]:
-    """(wall, CPU) seconds of one PPO iteration (rollouts, reward model score, GAE, minibatch epochs) after a warm-up."""
+    """(wall, CPU) seconds of one PPO iteration (rollouts, reward model score, GAE, minibatch epochs) after a warm-up.
+
+    Notebook 03's layout: the value model is a trainable copy of the reward model."""
     tokenizer = load_tokenizer(track)
-    policy = PolicyWithValue.from_policy(track)
     ref_model = frozen_copy(load_policy(track))
     reward = ModelReward(RewardModel.from_policy(track).eval())     # untrained head: same cost as a trained one
+    policy = PolicyWithValue.from_policy(track, value_from=reward)
     config = PPOConfig.for_track(track, iterations=1)
     wall, cpu = [], []
     for i in range(repeats + 1):                                    # same weights each time: only the cost matters

@@ -5,8 +5,9 @@
     python benchmarks/tuning_sweep.py dpo '[{"lr": 3e-4, "steps": 300}]' [--threads 1] [--rm-steps 200]
 
 Each JSON object overrides ``PPOConfig.for_track(tiny)`` or ``DPOConfig.for_track(tiny)``; every run starts
-from the base policy. ``ppo`` trains notebook 03's reward model first (``--rm-steps``, its recipe) and
-normalizes it on reference samples, as the notebook does. One line per run: wall seconds, then gold reward
+from the base policy. ``ppo`` trains notebook 03's reward model first (``--rm-steps``, its recipe),
+normalizes it on reference samples and starts the value model from it, as the notebook does (``--value head``:
+a value head on the policy instead, the layout before 2026-11-27; ``ppo-gold`` always uses a head). One line per run: wall seconds, then gold reward
 and sequence KL at each evaluation (128 held-out prompts: about ±0.03 on the gold). docs/tuning.md lists
 what these runs gave on the development machine.
 """
@@ -32,7 +33,7 @@ from alignlab.evaluation import evaluate_policy  # noqa: E402
 from alignlab.models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer  # noqa: E402
 from alignlab.ppo import PPOConfig, TextReward, model_reward, normalize_reward, train_ppo  # noqa: E402
 from alignlab.reference import dpo_loss  # noqa: E402
-from alignlab.reward_model import RewardModelConfig, train_reward_model  # noqa: E402
+from alignlab.reward_model import RewardModelConfig, pairwise_accuracy, score_pairs, train_reward_model  # noqa: E402
 from alignlab.rewards import load_gold  # noqa: E402
 
 
@@ -41,6 +42,8 @@ def main() -> None:
     parser.add_argument("method", choices=["ppo", "ppo-gold", "dpo"])
     parser.add_argument("variants", help="a JSON list of config overrides, one run each")
     parser.add_argument("--rm-steps", type=int, default=200, help="reward-model steps for `ppo` (notebook 03: 200)")
+    parser.add_argument("--value", choices=["reward-model", "head"], default="reward-model",
+                        help="`ppo`: a value model copied from the reward model (notebook 03) or a head on the policy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--eval-prompts", type=int, default=128)
     args = parser.parse_args()
@@ -57,6 +60,9 @@ def main() -> None:
     if args.method == "ppo":
         rm = train_reward_model(load_pairs("train", track), RewardModelConfig.for_track(track, steps=args.rm_steps),
                                 track=track, progress=False)
+        test_pairs = load_pairs("test", track)[:1000]
+        print(f"reward model: held-out accuracy {pairwise_accuracy(*score_pairs(rm, test_pairs, tokenizer)):.3f}"
+              f" on {len(test_pairs)} pairs", flush=True)
         proxy = normalize_reward(model_reward(rm), reference, tokenizer, train_prompts, PPOConfig.for_track(track))
     elif args.method == "ppo-gold":
         proxy = TextReward(gold)
@@ -72,8 +78,10 @@ def main() -> None:
             points = [(e["step"], e["gold"], e["kl"]) for e in history.evals]
         else:
             config = PPOConfig.for_track(track, **overrides)
-            history = train_ppo(PolicyWithValue.from_policy(track), reference, tokenizer, proxy, train_prompts,
-                                config, evaluate=evaluate, progress=False)
+            value_from = proxy if args.method == "ppo" and args.value == "reward-model" else None
+            policy = PolicyWithValue.from_policy(track, value_from=value_from)
+            history = train_ppo(policy, reference, tokenizer, proxy, train_prompts, config, evaluate=evaluate,
+                                progress=False)
             points = [(e["iteration"], e["gold"], e["kl"]) for e in history.evals]
         trace = " | ".join(f"{step}: gold {g:.3f} KL {kl:.1f}" for step, g, kl in points)
         print(f"{args.method} {json.dumps(overrides)} {time.perf_counter() - start:.0f} s  {trace}", flush=True)

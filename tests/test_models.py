@@ -180,3 +180,30 @@ def test_policy_with_value_shapes_and_padding(tiny):
     _, values = pv(ids, mask)
     values.sum().backward()
     assert pv.value_head.weight.grad is not None
+
+
+def test_a_value_model_copied_from_a_reward_model_scores_every_position(tiny):
+    """TRL's layout: values[:, t] = (reward model's head at t - shift) / scale; the reward model itself stays as it was."""
+    policy, tok = tiny
+    rm = RewardModel(frozen_copy(policy).transformer).eval()
+    for p in rm.parameters():
+        p.requires_grad_(False)
+    before = {k: v.clone() for k, v in rm.state_dict().items()}
+
+    class Normalized:                                   # what alignlab.ppo.ModelReward carries
+        reward_model, shift, scale = rm, 0.5, 2.0
+
+    pv = PolicyWithValue.around(frozen_copy(policy).requires_grad_(True), Normalized()).eval()
+    ids, mask = _pad([[10, 11, 12, 13], [20, 21]], tok.pad_token_id, "right")
+    logits, values = pv(ids, mask)
+    assert logits.shape == (2, 4, len(tok)) and values.shape == (2, 4)
+    with torch.no_grad():
+        at_end = (rm(ids, mask) - 0.5) / 2.0            # the reward of the whole text, normalized
+    torch.testing.assert_close(values[torch.arange(2), torch.tensor([3, 1])].detach(), at_end, atol=1e-5, rtol=1e-5)
+    values.sum().backward()
+    assert pv.value_model.head.weight.grad is not None and rm.head.weight.grad is None
+    assert not hasattr(pv, "value_head")
+    for k, v in rm.state_dict().items():
+        torch.testing.assert_close(v, before[k])
+    with pytest.raises(TypeError, match="value_from"):
+        PolicyWithValue.around(frozen_copy(policy), value_from="gold")

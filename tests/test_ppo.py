@@ -155,3 +155,29 @@ def test_run_ppo_trains_a_fresh_policy_and_returns_gold_and_kl_per_evaluation(mo
     assert all({"gold", "kl"} <= set(e) for e in history.evals)
     assert history.evals[0]["kl"] == pytest.approx(0.0, abs=0.01), "the fresh policy starts at the reference"
     assert history.config["kl_coef"] == 0.2
+
+
+def test_run_ppo_starts_the_value_model_from_a_reward_model_and_the_gold_gets_a_head(model_dir, monkeypatch):
+    """Notebook 03's layout in run_ppo: a reward model is copied into the value model; a text reward gets a value head."""
+    from alignlab import ppo
+    from alignlab.models import RewardModel
+
+    seen = []
+    real_train = ppo.train_ppo
+
+    def spy(policy, *args, **kwargs):
+        seen.append(policy)
+        return real_train(policy, *args, **kwargs)
+
+    monkeypatch.setattr(ppo, "train_ppo", spy)
+    config = replace(SMALL, iterations=1, eval_every=1, eval_prompts=4, normalize_samples=8)
+    rm = RewardModel.from_policy(str(model_dir)).eval()
+    start = {k: v.clone() for k, v in rm.state_dict().items()}
+    ppo.run_ppo(str(model_dir), rm, config, progress=False)
+    ppo.run_ppo(str(model_dir), TextReward(count_e), config, progress=False)
+    with_rm, with_text = seen
+    assert with_rm.value_model is not None and with_rm.value_model is not rm
+    assert with_rm.scale > 0 and with_rm.shift != 0.0, "the values share the reward's normalization"
+    assert with_text.value_model is None and hasattr(with_text, "value_head")
+    for k, v in rm.state_dict().items():   # PPO trains the copy, never the reward model it optimizes
+        torch.testing.assert_close(v, start[k])
