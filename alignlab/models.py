@@ -1,4 +1,4 @@
-"""Loading the policy and tokenizer by track or path; the reward model; the policy with a value head.
+"""Loading the policy and tokenizer by track or path; the reward model; the policy with a value function.
 
 >>> track = select_track()
 >>> tokenizer = load_tokenizer(track)        # always has a pad token distinct from EOS

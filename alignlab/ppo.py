@@ -8,7 +8,7 @@ notebook, the course's reference elsewhere), so the learner's code trains the mo
 Conventions (docs/architecture.md): a sequence is a left-padded prompt followed
 by its completion; ``token_logprobs`` has shape (B, T-1) and entry t scores token
 t+1, so the per-token mask is ``completion_mask[:, 1:]``; the value of the state
-that emits token t+1 is the value head's output at position t.
+that emits token t+1 is the value function's output at position t.
 
 Public entry points:
 
@@ -96,7 +96,7 @@ class RolloutBatch:
 
 
 def forward_logprobs_values(policy, input_ids, attention_mask, temperature, mask):
-    """One forward of the policy with value head -> (logprobs (B, M), values (B, M), mean entropy ()).
+    """One forward of a PolicyWithValue -> (logprobs (B, M), values (B, M), mean entropy ()).
 
     logprobs = gather(log_softmax(logits / temperature)) of the next tokens: the logits are divided
     by the sampling temperature, so these are the log-probs of the distribution the tokens were
