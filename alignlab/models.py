@@ -174,21 +174,21 @@ class RewardModel(nn.Module):
         return rm.to(next(policy.parameters()).device)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        check_batch(self.backbone.config, input_ids)
         _check_mask(attention_mask)
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask))
-        hidden = out.last_hidden_state                                        # (B, T, H)
+        hidden = self._hidden(input_ids, attention_mask)                      # (B, T, H)
         last = self.last_index_fn(attention_mask).long()                      # (B,)
         picked = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]  # (B, H)
         return self.head(picked).squeeze(-1).float()                          # (B,)
 
     def scores_at_every_position(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, T): entry t is the score the head gives the text x[..t], as if it ended there (padding: junk)."""
+        return self.head(self._hidden(input_ids, attention_mask)).squeeze(-1).float()   # (B, T)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The backbone's last hidden states (B, T, H), positions counted from the mask."""
         check_batch(self.backbone.config, input_ids)
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                            position_ids=position_ids_from_mask(attention_mask))
-        return self.head(out.last_hidden_state).squeeze(-1).float()           # (B, T)
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                             position_ids=position_ids_from_mask(attention_mask)).last_hidden_state
 
 
 class PolicyWithValue(nn.Module):
