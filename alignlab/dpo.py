@@ -16,6 +16,7 @@ SimPO-style losses ask for per-token averages with ``average_logps=True``.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import time
@@ -24,6 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
+from transformers import GPT2LMHeadModel
 
 from . import reference as ref_math
 from .data import collate_pairs
@@ -42,10 +44,12 @@ class DPOConfig:
     steps: int = 200               # optimizer steps; DPO keeps drifting from the reference, so stop early
     batch_size: int = 32           # pairs per step
     warmup_steps: int = 10         # linear learning-rate warm-up, then constant (as in the paper)
+    decay: bool = False            # True: after the warm-up, decay linearly to 0 at the last step (TRL's default)
     max_grad_norm: float = 1.0     # gradient clipping on the policy's parameters
     average_logps: bool = False    # True: per-token average log-probs (SimPO); DPO needs sums
     eval_every: int = 50           # call eval_fn every this many steps (and at step 0 and at the end)
     seed: int = 0                  # order in which the pairs are visited
+    group_by_prompt: bool = False  # True: a prompt's pairs are visited together, so its completions run once a batch
     pad_token_id: int | None = None  # pad id for collating pairs; None: the policy's config.pad_token_id (or 0)
 
     @classmethod
@@ -88,8 +92,18 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, average:
     position_ids follow the attention mask, so left and right padding both work.
     """
     position_ids = position_ids_from_mask(attention_mask)                               # (B, T)
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits  # (B, T, V)
-    token_logps = ref_math.token_logprobs(logits, input_ids)                           # (B, T-1)
+    if not isinstance(model, GPT2LMHeadModel):
+        logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits  # (B, T, V)
+        token_logps = ref_math.token_logprobs(logits, input_ids)                       # (B, T-1)
+        return ref_math.sequence_logprob(token_logps, completion_mask, average=average)  # (B,)
+    # GPT-2: the same numbers, with the vocabulary projection only where a completion token is predicted
+    # (prompt and padding positions need none), and one fused log-softmax-and-pick.
+    hidden = model.transformer(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=position_ids).last_hidden_state            # (B, T, H)
+    predicts = completion_mask[:, 1:].bool()                                            # (B, T-1): next token is completion
+    logits = model.lm_head(hidden[:, :-1][predicts]).float()                            # (N, V)
+    picked = -torch.nn.functional.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="none")  # (N,)
+    token_logps = torch.zeros(predicts.shape, dtype=picked.dtype, device=picked.device).masked_scatter(predicts, picked)
     return ref_math.sequence_logprob(token_logps, completion_mask, average=average)     # (B,)
 
 
@@ -99,11 +113,19 @@ def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
 
 
 def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen_logps (B,), rejected_logps (B,)) of a ``collate_pairs`` batch (right-padded), in one forward pass."""
+    """(chosen_logps (B,), rejected_logps (B,)) of a ``collate_pairs`` batch (right-padded), in one forward pass.
+
+    A sequence that appears in several pairs of the batch (the K completions of
+    one prompt make K(K-1)/2 pairs) is run through the model once; its log-prob
+    is shared by those pairs, and so is the gradient that flows back to it.
+    """
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
     both = {k: torch.cat([_pad_to(batch[f"chosen_{k}"], width), _pad_to(batch[f"rejected_{k}"], width)])
             for k in ("input_ids", "attention_mask", "completion_mask")}               # each (2B, T)
-    logps = completion_logps(model, both["input_ids"], both["attention_mask"], both["completion_mask"], average)
+    rows = torch.cat([both["input_ids"], both["attention_mask"], both["completion_mask"]], dim=1)  # (2B, 3T)
+    unique, inverse = torch.unique(rows, dim=0, return_inverse=True)                    # (U, 3T), (2B,)
+    ids, attention, completion = unique.split(width, dim=1)                             # each (U, T)
+    logps = completion_logps(model, ids, attention, completion, average)[inverse]       # (2B,)
     n = batch["chosen_input_ids"].shape[0]
     return logps[:n], logps[n:]                                                         # (B,), (B,)
 
@@ -140,6 +162,32 @@ def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.
 
 
 # ------------------------------------------------------------------- the loop
+def lr_factor(step: int, config: DPOConfig) -> float:
+    """The learning rate of optimizer step ``step + 1`` as a fraction of ``config.lr``: warm-up, then constant or decaying."""
+    warm = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    if not config.decay or step < config.warmup_steps:
+        return warm
+    return max(0.0, (config.steps - step) / max(1, config.steps - config.warmup_steps))
+
+
+def visit_order(pairs: Sequence[dict], seed: int = 0, group_by_prompt: bool = False) -> list[int]:
+    """A fixed shuffled order of the pairs' indices, one epoch.
+
+    With ``group_by_prompt`` the prompts are shuffled and each prompt's pairs
+    stay together (in their stored order), as InstructGPT batched the K(K-1)/2
+    comparisons of a prompt: a batch then holds each completion once for
+    several pairs, and :func:`pair_logps` runs it once.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if not group_by_prompt:
+        return torch.randperm(len(pairs), generator=generator).tolist()
+    groups: dict[tuple, list[int]] = {}
+    for i, row in enumerate(pairs):
+        groups.setdefault(tuple(row["prompt_ids"]), []).append(i)
+    members = list(groups.values())
+    return [i for g in torch.randperm(len(members), generator=generator).tolist() for i in members[g]]
+
+
 def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config: DPOConfig,
               eval_fn: EvalFn | None = None) -> DPOHistory:
     """Train ``policy`` in place on preference ``pairs`` with ``loss_fn``; return the history.
@@ -162,9 +210,8 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     start = time.perf_counter()
     policy.eval()                        # no dropout: policy and reference log-probs must compare like with like
     optimizer = torch.optim.AdamW(policy.parameters(), lr=config.lr, weight_decay=0.0)
-    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(config.seed)).tolist()
-    visits = itertools.cycle(order)      # each pair once per epoch, in a fixed shuffled order
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(lr_factor, config=config))
+    visits = itertools.cycle(visit_order(pairs, config.seed, config.group_by_prompt))  # each pair once per epoch
 
     def evaluate(step):
         if eval_fn is not None:
@@ -187,12 +234,14 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), config.max_grad_norm)
+        lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
-        warmup.step()
+        schedule.step()
 
         history.steps.append({"step": step, "loss": loss.item(), **implicit_reward_stats(chosen_rewards, rejected_rewards),
                               "logps/chosen": policy_chosen_logps.mean().item(),
-                              "logps/rejected": policy_rejected_logps.mean().item(), "grad_norm": float(grad_norm)})
+                              "logps/rejected": policy_rejected_logps.mean().item(), "grad_norm": float(grad_norm),
+                              "lr": lr})
         if step % config.eval_every == 0 or step == config.steps:
             evaluate(step)
     history.seconds = time.perf_counter() - start

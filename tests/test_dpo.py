@@ -90,6 +90,60 @@ def test_pair_logps_are_sums_of_completion_tokens_and_averages_divide_by_length(
     assert torch.allclose(averaged, expected / lengths, atol=1e-5)
 
 
+def grouped_pairs(n_prompts: int, k: int = 4, seed: int = 0) -> list[dict]:
+    """Each prompt with k completions and all k(k-1)/2 pairs among them, as the embedded world stores them."""
+    g = torch.Generator().manual_seed(seed)
+    rows = []
+    for _ in range(n_prompts):
+        prompt = torch.randint(7, VOCAB, (3,), generator=g).tolist()
+        completions = [torch.randint(2, VOCAB, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+                       for _ in range(k)]
+        rows += [{"prompt_ids": prompt, "chosen_ids": completions[a], "rejected_ids": completions[b]}
+                 for a in range(k) for b in range(a + 1, k)]
+    return rows
+
+
+class CountingModel(torch.nn.Module):
+    """Wraps a causal LM and counts the sequences it is asked to run."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.rows = model, 0
+
+    def forward(self, input_ids, **kwargs):
+        self.rows += input_ids.shape[0]
+        return self.model(input_ids=input_ids, **kwargs)
+
+
+def test_pair_logps_runs_a_completion_shared_by_several_pairs_once_with_the_same_values_and_gradients():
+    rows = grouped_pairs(3)                                            # 18 pairs over 12 distinct sequences
+    batch = collate_pairs(rows, pad_id=PAD)
+    model = tiny_model().eval()
+    counting = CountingModel(model)
+    chosen, rejected = dpo.pair_logps(counting, batch)
+    assert counting.rows == 12
+    (chosen - 2 * rejected).sum().backward()
+    shared = [p.grad.clone() for p in model.parameters()]
+
+    model.zero_grad()
+    one_by_one = [dpo.pair_logps(model, collate_pairs([r], pad_id=PAD)) for r in rows]
+    expected_c, expected_r = (torch.cat(x) for x in zip(*one_by_one))
+    assert torch.allclose(chosen, expected_c, atol=1e-5) and torch.allclose(rejected, expected_r, atol=1e-5)
+    (expected_c - 2 * expected_r).sum().backward()
+    for got, want in zip(shared, (p.grad for p in model.parameters())):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_visit_order_is_one_shuffled_epoch_and_keeps_a_prompts_pairs_together_when_grouped():
+    rows = grouped_pairs(5)
+    flat, grouped = dpo.visit_order(rows, seed=1), dpo.visit_order(rows, seed=1, group_by_prompt=True)
+    assert sorted(flat) == sorted(grouped) == list(range(len(rows)))
+    assert flat != list(range(len(rows)))
+    prompts = [tuple(rows[i]["prompt_ids"]) for i in grouped]
+    assert all(len(set(prompts[j:j + 6])) == 1 for j in range(0, len(rows), 6))
+    assert grouped != list(range(len(rows))) and grouped == dpo.visit_order(rows, seed=1, group_by_prompt=True)
+
+
 def test_reference_logps_carry_no_gradient_even_from_a_model_that_requires_it():
     model = tiny_model()
     batch = collate_pairs(make_pairs(4), pad_id=PAD)
@@ -189,6 +243,18 @@ def test_eval_fn_runs_at_the_start_every_eval_every_steps_and_at_the_end():
     assert history.column("step", evals=True) == [0, 3, 6, 7]
     assert history.final == {"step": 7, "gold": 0.5, "kl": 4.0}
     assert not any(calls), "evaluation should see the policy in eval mode"
+
+
+def test_learning_rate_warms_up_then_stays_or_decays_linearly_to_zero():
+    rows = make_pairs(16)
+    loss = functools.partial(reference.dpo_loss, beta=0.1)
+    for decay in (False, True):
+        policy = tiny_model()
+        history = dpo.train_dpo(policy, frozen(policy), rows, loss, config(steps=8, warmup_steps=2, lr=1e-3, decay=decay))
+        lrs = history.column("lr")
+        assert lrs[:2] == pytest.approx([5e-4, 1e-3])
+        expected = [1e-3 * (8 - s) / 6 for s in range(2, 8)] if decay else [1e-3] * 6
+        assert lrs[2:] == pytest.approx(expected)
 
 
 # ------------------------------------------------------------ config and widget
