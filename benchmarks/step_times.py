@@ -2,9 +2,10 @@
 
     .venv/bin/python benchmarks/step_times.py [--repeats 5] [--threads 1]
 
-DPO step: notebook 04's run, ``DPOConfig.for_track(tiny)`` (32 pairs a step,
-reference log-probs read from the pairs, as ``train_dpo(policy, None, ...)``):
-collate, one forward of chosen+rejected, loss, backward, clip, AdamW step.
+DPO step: ``DPOConfig.for_track(tiny)`` (32 pairs a step, the size notebook 05 uses),
+then notebook 04's (96 pairs grouped by prompt: 64 distinct completions); reference
+log-probs read from the pairs, as ``train_dpo(policy, None, ...)``: collate, one forward
+of the distinct chosen and rejected completions, loss, backward, clip, AdamW step.
 PPO iteration: notebook 03's run, ``PPOConfig.for_track(tiny)`` (64 rollouts of
 at most 24 tokens, a reward model score, GAE, the configured epochs of minibatches of
 32), without the periodic evaluation. Prints the median over ``--repeats``
@@ -35,11 +36,11 @@ from alignlab.ppo import ModelReward, PPOConfig, train_ppo  # noqa: E402
 from alignlab.reference import dpo_loss  # noqa: E402
 
 
-def time_dpo_step(track, pairs, repeats: int) -> tuple[list[float], list[float]]:
+def time_dpo_step(track, pairs, repeats: int, **overrides) -> tuple[list[float], list[float]]:
     """(wall, CPU) seconds of one DPO optimizer step (train_dpo with steps=1), ``repeats`` times after a warm-up."""
     tokenizer = load_tokenizer(track)
     policy = load_policy(track)
-    config = DPOConfig.for_track(track, steps=1, eval_every=1, pad_token_id=tokenizer.pad_token_id)
+    config = DPOConfig.for_track(track, steps=1, eval_every=1, pad_token_id=tokenizer.pad_token_id, **overrides)
     loss_fn = functools.partial(dpo_loss, beta=config.beta)
     wall, cpu = [], []
     for i in range(repeats + 1):
@@ -86,9 +87,10 @@ def main() -> None:
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {track.name} track on {track.device}")
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(wall times grow with other processes' load; CPU time much less)")
-    cfg = DPOConfig.for_track(track)
-    print(_line(f"DPO step      (batch {cfg.batch_size} pairs)", *time_dpo_step(track, load_pairs("train", track),
-                                                                               a.repeats)), flush=True)
+    cfg, pairs = DPOConfig.for_track(track), load_pairs("train", track)
+    print(_line(f"DPO step      (batch {cfg.batch_size} pairs)", *time_dpo_step(track, pairs, a.repeats)), flush=True)
+    print(_line("DPO step      (notebook 04: batch 96 pairs grouped by prompt)",
+                *time_dpo_step(track, pairs, a.repeats, batch_size=96, group_by_prompt=True)), flush=True)
     pc = PPOConfig.for_track(track)
     print(_line(f"PPO iteration ({pc.batch_size} rollouts x {pc.max_new_tokens} tokens, {pc.ppo_epochs} epochs x "
                 f"{pc.batch_size // pc.minibatch_size} minibatches)",
