@@ -43,7 +43,7 @@ class DPOConfig:
     lr: float = 3e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
     steps: int = 200               # optimizer steps; DPO keeps drifting from the reference, so stop early
     batch_size: int = 32           # pairs per step
-    warmup_steps: int = 10         # linear learning-rate warm-up, then constant (as in the paper)
+    warmup_steps: int = 10         # linear learning-rate warm-up, then constant (as in the paper) unless decay
     decay: bool = False            # True: after the warm-up, decay linearly to 0 at the last step (TRL's default)
     max_grad_norm: float = 1.0     # gradient clipping on the policy's parameters
     average_logps: bool = False    # True: per-token average log-probs (SimPO); DPO needs sums
