@@ -1,13 +1,15 @@
-"""The embedded world's text, prompts and preference pairs, and the padding/collation of prompt+completion batches.
+"""The embedded world's stored files (IMDb text, prompts, pairs) and the padding/collation of prompt+completion batches.
+
+Track-aware loading (the gpt2 track re-encodes the prompts and regenerates the
+pairs) lives in ``alignlab.pairs``: ``load_prompts(split, track)``, ``load_pairs(split, track)``.
 
 Conventions (docs/architecture.md): a sequence is a prompt followed by its
 completion; ``completion_mask`` is aligned with ``input_ids`` and is 1 on
 completion tokens (including a final EOS), 0 on prompt and padding.
 
 >>> reviews = load_reviews("train")          # 22,500 dicts: text, label (1 = positive)
->>> prompts = load_prompts("test")           # dicts: prompt, prompt_ids, split, review, review_label
->>> pairs = load_pairs("train")              # dicts: prompt_ids, chosen_ids, rejected_ids, gold_*, p_chosen, ...
->>> pairs = load_pairs("train", track)       # on the gpt2 track: regenerated from its policy, cached on disk
+>>> prompts = stored_prompts("test")         # dicts: prompt, prompt_ids, split, review, review_label
+>>> pairs = stored_pairs("train")            # dicts: prompt_ids, chosen_ids, rejected_ids, gold_*, p_chosen, ...
 >>> batch = collate_pairs(pairs[:32], pad_id=tokenizer.pad_token_id)
 """
 from __future__ import annotations
@@ -37,7 +39,7 @@ def clean_text(text: str) -> str:
     return _SPACES.sub(" ", _BR.sub(" ", text)).strip()
 
 
-def _check_split(split: str) -> str:
+def check_split(split: str) -> str:
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}: use 'train' or 'test'")
     return split
@@ -51,7 +53,7 @@ def load_reviews(split: str) -> list[dict]:
     22,500 "train" reviews (tokenizer, policy and gold classifier are trained on
     them) and 2,500 held-out "test" reviews. Rotten Tomatoes rows are not used.
     """
-    _check_split(split)
+    check_split(split)
     rows = _imdb_rows()
     order = np.random.RandomState(SPLIT_SEED).permutation(len(rows))
     chosen = order[-N_TEST_REVIEWS:] if split == "test" else order[:-N_TEST_REVIEWS]
@@ -90,42 +92,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
-def load_prompts(split: str, track=None) -> list[dict]:
-    """Prompts: 2-8-token IMDb prefixes, ``{"prompt", "prompt_ids", "split", "review"}``; see data/README.md.
-
-    ``track``: None or the tiny track gives the stored rows; the gpt2 track
-    gives the same prompts with ``prompt_ids`` re-encoded from their text by
-    that track's tokenizer (``alignlab.pairs.track_prompts``).
-    """
-    _check_split(split)
-    from .pairs import is_stored_track, track_prompts
-
-    if not is_stored_track(track):
-        return track_prompts(track, split)
+def stored_prompts(split: str) -> list[dict]:
+    """The embedded prompts of ``split`` as stored (tiny-track ids); track-aware: ``alignlab.pairs.load_prompts``."""
+    check_split(split)
     rows = read_jsonl(paths.require(paths.PROMPTS_FILE, "The prompts file"))
     return [r for r in rows if r["split"] == split]
 
 
-def load_pairs(split: str, track=None, n: int | None = None) -> list[dict]:
-    """Labelled preference pairs of one split (list of dicts; fields in data/README.md).
-
-    ``track``: None or the tiny track gives the stored rows. The gpt2 track
-    gives pairs with the same fields sampled from its own policy and labelled
-    by the same simulated annotators (``alignlab.pairs.track_pairs``): the
-    first call generates them (one printed line) and caches them on disk
-    (``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``); later calls read the cache.
-    ``n``: at most this many pairs (default: the whole split).
-    """
-    _check_split(split)
-    from .pairs import is_stored_track, track_pairs
-
-    if n is not None and n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
-    if not is_stored_track(track):
-        return track_pairs(track, split, n=n)
+def stored_pairs(split: str) -> list[dict]:
+    """The embedded preference pairs of ``split`` as stored; track-aware: ``alignlab.pairs.load_pairs``."""
+    check_split(split)
     rows = read_jsonl(paths.require(paths.PAIRS_FILE, "The preference pairs file"))
-    rows = [r for r in rows if r["split"] == split]
-    return rows if n is None else rows[:n]
+    return [r for r in rows if r["split"] == split]
+
+
+def pad_right(x: torch.Tensor, width: int, value: int = 0) -> torch.Tensor:
+    """Right-pad a (B, T) tensor with ``value`` to (B, width): for masked padding any value works."""
+    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=value)               # (B, width)
 
 
 def collate(prompt_ids_list, completion_ids_list, pad_id: int, side: str = "right") -> dict:

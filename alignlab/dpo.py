@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from transformers import GPT2LMHeadModel
 
 from . import reference as ref_math
-from .data import collate_pairs
+from .data import collate_pairs, pad_right
+from .history import RunHistory
 from .models import position_ids_from_mask
 
 LossFn = Callable[..., "torch.Tensor | tuple"]
@@ -66,22 +67,7 @@ class DPOConfig:
         return cls(**settings)
 
 
-@dataclass
-class DPOHistory:
-    """What a run logged: ``steps`` (one dict per optimizer step) and ``evals`` (gold, KL, ... every eval_every)."""
-
-    config: dict = field(default_factory=dict)
-    steps: list[dict] = field(default_factory=list)   # step, loss, rewards/chosen, rewards/rejected, rewards/accuracies, ...
-    evals: list[dict] = field(default_factory=list)   # step, and whatever eval_fn returned (gold, kl)
-    seconds: float = 0.0                              # wall time of the run, evaluations included
-
-    def column(self, name: str, evals: bool = False) -> list[float]:
-        return [row[name] for row in (self.evals if evals else self.steps)]
-
-    @property
-    def final(self) -> dict:
-        """The last evaluation (gold, kl, ...)."""
-        return self.evals[-1] if self.evals else {}
+DPOHistory = RunHistory  # the name notebook 04 and older code use
 
 
 # ------------------------------------------------------------ log-probs of pairs
@@ -107,11 +93,6 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, average:
     return ref_math.sequence_logprob(token_logps, completion_mask, average=average)     # (B,)
 
 
-def _pad_to(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-pad with 0: padding is masked out, so any token id works there."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0)               # (B, width)
-
-
 def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen_logps (B,), rejected_logps (B,)) of a ``collate_pairs`` batch (right-padded), in one forward pass.
 
@@ -120,7 +101,7 @@ def pair_logps(model, batch: dict, average: bool = False) -> tuple[torch.Tensor,
     is shared by those pairs, and so is the gradient that flows back to it.
     """
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
-    both = {k: torch.cat([_pad_to(batch[f"chosen_{k}"], width), _pad_to(batch[f"rejected_{k}"], width)])
+    both = {k: torch.cat([pad_right(batch[f"chosen_{k}"], width), pad_right(batch[f"rejected_{k}"], width)])
             for k in ("input_ids", "attention_mask", "completion_mask")}               # each (2B, T)
     rows = torch.cat([both["input_ids"], both["attention_mask"], both["completion_mask"]], dim=1)  # (2B, 3T)
     unique, inverse = torch.unique(rows, dim=0, return_inverse=True)                    # (U, 3T), (2B,)

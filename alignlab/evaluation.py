@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from .rewards import gold_scores
 from .rollout import sample, sequence_token_logprobs
 
 
@@ -53,9 +54,8 @@ def evaluate_policy(policy, reference, tokenizer, gold, prompts, n: int = 256, m
                                              ro.attention_mask.to(next(ref.parameters()).device)).to(device)
             m = ro.completion_mask[:, 1:].float()                                     # (B, T-1)
             kls.append(((ro.logprobs - ref_lp) * m).sum(-1).cpu())                    # (B,)
-            full = tokenizer.batch_decode([list(p) + c for p, c in zip(chunk, ro.completion_ids)],
-                                          skip_special_tokens=True)
-            golds.append(gold(full).float().cpu())                                    # (B,)
+            full, scores = gold_scores(gold, tokenizer, chunk, ro.completion_ids)
+            golds.append(scores)                                                      # (B,)
             lengths.append(ro.completion_mask.sum(-1).float().cpu())
             eos.append(ro.ended_with_eos.float().cpu())
             texts.extend(full)

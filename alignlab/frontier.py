@@ -18,7 +18,10 @@ from typing import Callable, Sequence
 import torch
 
 from . import reference as ref_math
+from .best_of_n import best_of_n_curve
 from .dpo import DPOConfig, train_dpo
+from .rewards import gold_scores
+from .rollout import sample
 
 METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), "base policy": ("k", "*")}
 
@@ -75,9 +78,6 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
     log n - (n-1)/n. Judged by the gold itself, it is an upper bound on what
     best-of-n with a learned reward model gets (like the paper's PPO-GT).
     """
-    from .reward_model import best_of_n_curve
-    from .rollout import sample
-
     if not ns:
         return []
     n_max = max(ns)
@@ -88,9 +88,8 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
         repeated = [ids for ids in chunk for _ in range(n_max)]
         out = sample(policy, repeated, max_new_tokens, temperature=1.0, eos_id=tokenizer.eos_token_id,
                      pad_id=tokenizer.pad_token_id, generator=generator)
-        texts = tokenizer.batch_decode([p + c for p, c in zip(repeated, out.completion_ids)], skip_special_tokens=True)
-        scores = torch.as_tensor(gold(texts), dtype=torch.float32)                        # (C * N,)
-        golds.append(scores.cpu().view(len(chunk), n_max))                                 # (C, N)
+        _, scores = gold_scores(gold, tokenizer, repeated, out.completion_ids)              # (C * N,)
+        golds.append(scores.view(len(chunk), n_max))                                 # (C, N)
     pool = torch.cat(golds)                                                                # (P, N)
     curve = best_of_n_curve(pool, pool, list(ns), select_by="gold")
     return [{"method": "best-of-n", "setting": f"n={n}", "step": 0, "kl": ref_math.best_of_n_kl(n), "gold": float(g)}

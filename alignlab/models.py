@@ -27,6 +27,10 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
+
+from .reference import last_token_index
 
 PAD_TOKEN = "<|pad|>"
 
@@ -57,8 +61,6 @@ def _load_error(src: str, local: bool, what: str, err: Exception) -> RuntimeErro
 @contextlib.contextmanager
 def _quiet():
     """No progress bar or info message on stderr while loading (nbgrader zeroes a test cell that writes to stderr)."""
-    from transformers.utils import logging as hf_logging
-
     bar, level = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -77,8 +79,6 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 def load_tokenizer(track_or_path):
     """Load the tokenizer; add a distinct pad token when it has none (GPT-2's own tokenizer has none)."""
-    from transformers import AutoTokenizer
-
     src, local = _source(track_or_path)
     try:
         with _quiet():
@@ -98,8 +98,6 @@ def load_policy(track_or_path, device=None):
     If the tokenizer needed a new pad token, the embeddings are resized to the
     tokenizer's length and ``config.pad_token_id`` is set to it.
     """
-    from transformers import AutoModelForCausalLM
-
     src, local = _source(track_or_path)
     tok = load_tokenizer(track_or_path)
     try:
@@ -127,7 +125,6 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 def _default_last_index_fn():
-    from .reference import last_token_index   # imported lazily: reference is the course's exercise module
     return last_token_index
 
 

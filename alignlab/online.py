@@ -27,6 +27,10 @@ import torch
 from tqdm.auto import tqdm
 
 from .dpo import DPOConfig, completion_logps, train_dpo
+from .history import RunHistory
+from .reward_model import score_completions
+from .rewards import gold_texts
+from .rollout import sample
 
 # labeller(prompt_ids_list, completion_ids_list, texts) -> (N,) scores, higher is better
 Labeller = Callable[[list, list, list], torch.Tensor]
@@ -41,8 +45,6 @@ def gold_labeller(gold) -> Labeller:
 
 def reward_model_labeller(reward_model, pad_id: int) -> Labeller:
     """Label with a learned reward model (notebook 02's): the usual online set-up, a proxy for the humans."""
-    from .reward_model import score_completions
-
     def label(prompt_ids_list, completion_ids_list, texts):
         return score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id)  # (N,)
     return label
@@ -77,21 +79,7 @@ class OnlineDPOConfig:
         return cls(**settings)
 
 
-@dataclass
-class OnlineHistory:
-    """What an online run logged: one row per round, and ``evals`` (step 0, then after each round)."""
-
-    config: dict = field(default_factory=dict)
-    rounds: list[dict] = field(default_factory=list)   # round, pairs, label_gold_agreement, loss, seconds
-    evals: list[dict] = field(default_factory=list)    # step, round, and whatever eval_fn returned (gold, kl)
-    seconds: float = 0.0                               # wall time, sampling and evaluations included
-
-    def column(self, name: str, evals: bool = True) -> list[float]:
-        return [row[name] for row in (self.evals if evals else self.rounds)]
-
-    @property
-    def final(self) -> dict:
-        return self.evals[-1] if self.evals else {}
+OnlineHistory = RunHistory  # one row per round in ``steps``
 
 
 @torch.no_grad()
@@ -103,14 +91,12 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     ``ref_*_logp`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
     can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
     """
-    from .rollout import sample
-
     G = config.samples_per_prompt
     prompt_ids = [list(p) for p in prompt_ids_list for _ in range(G)]                   # P * G prompts
     out = sample(policy, prompt_ids, config.max_new_tokens, temperature=config.temperature,
                  eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
     completion_ids = [list(c) for c in out.completion_ids]
-    texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, completion_ids)], skip_special_tokens=True)
+    texts = gold_texts(tokenizer, prompt_ids, completion_ids)
     scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)
     ref_logps = torch.cat([completion_logps(reference, out.input_ids[i:i + 128], out.attention_mask[i:i + 128],
                                             out.completion_mask[i:i + 128]).float().cpu()
@@ -174,7 +160,7 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence, labeller: 
         run = train_dpo(policy, None, pairs, loss_fn, replace(config.dpo, seed=config.seed + r), eval_fn=None)
         step += config.dpo.steps
         losses = run.column("loss")
-        history.rounds.append({"round": r, "pairs": len(pairs), "label_gold_agreement": label_gold_agreement(pairs),
+        history.steps.append({"round": r, "pairs": len(pairs), "label_gold_agreement": label_gold_agreement(pairs),
                                "loss": sum(losses[-10:]) / len(losses[-10:]),
                                "score_gap": sum(p["score_chosen"] - p["score_rejected"] for p in pairs) / len(pairs),
                                "seconds": time.perf_counter() - t0})

@@ -1,13 +1,14 @@
-"""Building prompts and labelled preference pairs from a policy: one implementation for the build script and the GPU track.
+"""Prompts and labelled preference pairs by track: loading them, and building them from a policy.
 
-``scripts/build_pairs.py`` uses it to write the embedded world's files from the
-tiny policy; ``alignlab.data.load_prompts(split, track)`` /
-``load_pairs(split, track)`` use it on the gpt2 track, whose tokenizer and
-policy differ from the tiny ones, so the stored ids and reference log-probs
-do not apply there.
+This module owns track-aware loading. On the tiny track (or ``track=None``)
+``load_prompts`` / ``load_pairs`` return the embedded files; on the gpt2 track,
+whose tokenizer and policy differ from the tiny ones (so the stored ids and
+reference log-probs do not apply), the prompts are re-encoded from their text
+and the pairs are sampled from that policy, labelled and cached on disk. The
+same builders write the embedded files (``scripts/build_pairs.py``).
 
->>> prompts = track_prompts(track, "test")          # the stored prompts, re-tokenized from their text
->>> pairs = track_pairs(track, "train", n=600)      # sampled from the track's policy, labelled, cached on disk
+>>> prompts = load_prompts("test", track)           # dicts: prompt, prompt_ids, split, review, review_label
+>>> pairs = load_pairs("train", track, n=600)       # dicts: prompt_ids, chosen_ids, rejected_ids, gold_*, p_chosen, ...
 
 Pairs: the policy samples ``SAMPLES_PER_PROMPT`` completions per prompt (at
 most ``MAX_NEW_TOKENS`` tokens, temperature 1); every pair of them is labelled
@@ -31,6 +32,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data import check_split, load_reviews, read_jsonl, stored_pairs, stored_prompts, write_jsonl
+from .models import load_policy, load_tokenizer
+from .rewards import gold_texts, load_gold
+from .rollout import sample
+
 PROMPT_SEED = 1              # which reviews and prefix lengths become prompts
 SAMPLE_SEED = 2              # policy sampling
 ANNOTATOR_SEED = 3           # the simulated annotators' coin flips
@@ -45,8 +51,6 @@ CACHE_VERSION = 1            # bump when the pair format or the sampling changes
 # ------------------------------------------------------------------ building blocks (used by the build script)
 def make_prompts(tokenizer, n_train: int, n_test: int) -> list[dict]:
     """2-8-token prefixes (length uniform) of ``n_train`` training and ``n_test`` held-out IMDb reviews."""
-    from .data import load_reviews
-
     rng = np.random.RandomState(PROMPT_SEED)
     rows = []
     for split, n in (("train", n_train), ("test", n_test)):
@@ -71,8 +75,6 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
     prompts, so a rebuild with the same sizes gives the same rows. ``log``
     (None: silent) gets one progress line per chunk.
     """
-    from .rollout import sample
-
     device = next(policy.parameters()).device
     gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
     ann = np.random.RandomState(ANNOTATOR_SEED)
@@ -81,7 +83,7 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
         chunk = prompts[start:start + batch_prompts]
         ids = [p["prompt_ids"] for p in chunk for _ in range(SAMPLES_PER_PROMPT)]
         ro = sample(policy, ids, max_new_tokens, temperature=1.0, generator=gen, tokenizer=tokenizer)
-        full = tokenizer.batch_decode([p + c for p, c in zip(ids, ro.completion_ids)], skip_special_tokens=True)
+        full = gold_texts(tokenizer, ids, ro.completion_ids)
         g = gold(full).double().numpy()                                           # (B,)
         logp = (ro.logprobs * ro.completion_mask[:, 1:]).sum(-1).tolist()         # (B,) summed completion log-probs
         ends.extend(ro.ended_with_eos.tolist())
@@ -134,10 +136,7 @@ def retokenize_prompts(rows: list[dict], tokenizer) -> list[dict]:
 
 def track_prompts(track, split: str) -> list[dict]:
     """The stored prompts of ``split`` with ids from the track's tokenizer."""
-    from .data import load_prompts
-    from .models import load_tokenizer
-
-    return retokenize_prompts(load_prompts(split), load_tokenizer(track))
+    return retokenize_prompts(stored_prompts(split), load_tokenizer(track))
 
 
 def cache_dir() -> Path:
@@ -173,8 +172,6 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
     prompt); the first ``ceil(n / 6)`` prompts are used. The first call
     samples and prints one line; later calls read the cache file.
     """
-    from .data import read_jsonl, write_jsonl
-
     prompts = track_prompts(track, split)
     total = len(prompts) * PAIRS_PER_PROMPT
     n = total if n is None else int(n)
@@ -189,9 +186,6 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
             return read_jsonl(path)[:n]
         except (OSError, EOFError, ValueError):   # a damaged cache file is rebuilt, not trusted
             pass
-    from .models import load_policy, load_tokenizer
-    from .rewards import load_gold
-
     print(f"Regenerating {n_prompts * PAIRS_PER_PROMPT} {split} pairs from {track.policy} on {track.device} "
           f"(once; cached in {path.parent})", flush=True)
     tokenizer = load_tokenizer(track)
@@ -202,3 +196,34 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
     del policy
     write_jsonl(path, rows)
     return rows[:n]
+
+
+# ------------------------------------------------------------------ loading, by track
+def load_prompts(split: str, track=None) -> list[dict]:
+    """Prompts: 2-8-token IMDb prefixes, ``{"prompt", "prompt_ids", "split", "review"}``; see data/README.md.
+
+    ``track``: None or the tiny track gives the stored rows; the gpt2 track
+    gives the same prompts with ``prompt_ids`` re-encoded from their text by
+    that track's tokenizer (``track_prompts``).
+    """
+    check_split(split)
+    return stored_prompts(split) if is_stored_track(track) else track_prompts(track, split)
+
+
+def load_pairs(split: str, track=None, n: int | None = None) -> list[dict]:
+    """Labelled preference pairs of one split (list of dicts; fields in data/README.md).
+
+    ``track``: None or the tiny track gives the stored rows. The gpt2 track
+    gives pairs with the same fields sampled from its own policy and labelled
+    by the same simulated annotators (``track_pairs``): the first call
+    generates them (one printed line) and caches them on disk
+    (``$ALIGNLAB_CACHE`` or ``~/.cache/alignlab``); later calls read the cache.
+    ``n``: at most this many pairs (default: the whole split).
+    """
+    check_split(split)
+    if n is not None and n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    if not is_stored_track(track):
+        return track_pairs(track, split, n=n)
+    rows = stored_pairs(split)
+    return rows if n is None else rows[:n]

@@ -25,6 +25,13 @@ from typing import Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from . import reference
+from .evaluation import evaluate_policy
+from .history import RunHistory
+from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
+from .pairs import load_prompts
+from .rewards import gold_texts, load_gold
+from .rollout import sample, sequence_token_logprobs
 
 RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (B,) scores (ModelReward, TextReward)
 
@@ -42,27 +49,10 @@ class PPOFunctions:
     @classmethod
     def reference(cls) -> "PPOFunctions":
         """The course's reference implementations (alignlab.reference)."""
-        from . import reference
-
         return cls(**{name: getattr(reference, name) for name in cls.__dataclass_fields__})
 
 
-@dataclass
-class PPOHistory:
-    """What a run logged: ``steps`` (one dict per iteration), ``evals`` (gold and KL), ``samples``."""
-
-    config: dict = field(default_factory=dict)
-    steps: list[dict] = field(default_factory=list)      # iteration, score, rollout_kl, kl_coef, pg_loss, v_loss, ...
-    evals: list[dict] = field(default_factory=list)      # iteration, gold, kl (sequence KL at temperature 1), score
-    samples: list[tuple[int, list[str]]] = field(default_factory=list)  # (iteration, a few rollout texts)
-
-    def column(self, name: str, evals: bool = False) -> list[float]:
-        return [row[name] for row in (self.evals if evals else self.steps)]
-
-    @property
-    def final(self) -> dict:
-        """The last evaluation (gold, kl, ...)."""
-        return self.evals[-1] if self.evals else {}
+PPOHistory = RunHistory  # one row per iteration in ``steps``; a few rollout texts in ``samples``
 
 
 class KLController:
@@ -125,15 +115,13 @@ def collect_rollouts(policy, ref_model, tokenizer, prompts: Sequence, cfg: "PPOC
     full forward (rather than taken from the sampler's KV-cached steps), the same computation as
     the update's forward, so the ratio starts at 1 up to float rounding.
     """
-    from .rollout import sample, sequence_token_logprobs
-
     prompt_ids = [prompt_ids_of(p) for p in prompts]
     ro = sample(policy, prompt_ids, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
     mask = ro.completion_mask[:, 1:].float()                                   # (B, M)
     logprobs, values, _ = forward_logprobs_values(policy, ro.input_ids, ro.attention_mask, cfg.temperature, mask)
     ref_logprobs = sequence_token_logprobs(ref_model, ro.input_ids, ro.attention_mask, temperature=cfg.temperature)
-    texts = tokenizer.batch_decode([p + c for p, c in zip(prompt_ids, ro.completion_ids)], skip_special_tokens=True)
+    texts = gold_texts(tokenizer, prompt_ids, ro.completion_ids)             # what TextReward's gold reads
     return RolloutBatch(
         input_ids=ro.input_ids, attention_mask=ro.attention_mask, mask=mask,
         logprobs=logprobs * mask, ref_logprobs=ref_logprobs * mask, values=values * mask,
@@ -329,8 +317,6 @@ def normalize_reward(reward: ModelReward, ref_model, tokenizer, prompts: Sequenc
     config's temperature and length (the distribution PPO starts from). A Bradley-Terry reward is defined only up to a constant, so
     this loses nothing, and a KL coefficient keeps one meaning across reward models.
     """
-    from .rollout import sample
-
     n = n or config.normalize_samples
     gen = torch.Generator().manual_seed(config.seed + 1)
     sampler = torch.Generator(device=next(ref_model.parameters()).device).manual_seed(config.seed + 1)
@@ -360,10 +346,6 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
     evaluate(policy) -> {"gold", "kl", ...}: default, ``evaluation.evaluate_policy`` on the first
         ``config.eval_prompts`` held-out prompts.
     """
-    from .data import load_prompts
-    from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
-    from .rewards import load_gold
-
     tokenizer = tokenizer or load_tokenizer(policy_source)
     device = getattr(policy_source, "device", None)
     with torch.random.fork_rng(devices=[]):
@@ -395,9 +377,6 @@ def default_evaluator(ref_model, tokenizer, gold, config: PPOConfig, track=None)
     """evaluate(policy) -> {"gold", "kl"} on the first ``config.eval_prompts`` held-out prompts (temperature 1).
 
     ``track``: the prompts are encoded with that track's tokenizer (None: the stored tiny-track ids)."""
-    from .data import load_prompts
-    from .evaluation import evaluate_policy
-
     test_prompts = load_prompts("test", track)
 
     def evaluate(policy) -> dict:

@@ -17,6 +17,8 @@ from typing import Callable, Sequence
 import matplotlib.pyplot as plt
 import torch
 
+from .data import collate_pairs
+
 BTFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 CHOSEN_COLOR = "tab:green"
@@ -227,8 +229,6 @@ def policy_preference_rate(policy, rows: Sequence[dict], pad_id: int, token_logp
     Uses the given ``token_logprobs`` and ``sequence_logprob``; returns ``{"sum": share, "average": share}``
     for summed and per-token-averaged completion log-probs.
     """
-    from .data import collate_pairs
-
     device = next(policy.parameters()).device
     wins = {"sum": 0, "average": 0}
     for start in range(0, len(rows), batch_size):

@@ -1,4 +1,4 @@
-"""Notebook 02's plumbing: train a reward model with a given loss, evaluate it, and best-of-n sampling.
+"""Notebook 02's plumbing: train a reward model with a given loss and evaluate it.
 
 The loss is the caller's (the learner's ``pairwise_reward_loss`` in the notebook,
 the course's reference elsewhere), so the learner's own code trains the model.
@@ -15,8 +15,8 @@ Stable entry points (notebook 03 and later reuse them; keep the signatures):
   (e.g. a rollout's), any padding side.
 - ``score_pairs(reward_model, pairs, tokenizer) -> (chosen (N,), rejected (N,))`` and
   ``score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id) -> (N,)`` -- rewards.
-- ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement``,
-  ``best_of_n_pool``, ``best_of_n_curve``, ``plot_best_of_n`` -- the notebook's evaluations.
+- ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement`` -- the notebook's
+  evaluations. Best-of-n sampling against the reward model is ``alignlab.best_of_n``.
 
 Convention: a pair's reward gap is r_chosen - r_rejected; accuracy is the share of
 pairs with a strictly positive gap (ties count as wrong).
@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import data as data_lib
-from . import models, report
+from . import models, reference, report
+from .config import select_track
 
 LossFn = Callable[..., torch.Tensor]           # (chosen_rewards (B,), rejected_rewards (B,), margin=None) -> ()
 LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) -> (B,) long
@@ -67,11 +68,6 @@ class RewardModelConfig:
         return replace(cfg, **overrides)
 
 
-def _reference(name: str):
-    from . import reference
-    return getattr(reference, name)
-
-
 def build_reward_model(track, last_index_fn: LastIndexFn | None = None, seed: int = 0):
     """A fresh RewardModel: the track's policy backbone, a new scalar head, read at ``last_index_fn``'s token."""
     with torch.random.fork_rng(devices=[]):
@@ -102,10 +98,8 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
     last_index_fn: where the head reads each sequence (default: the reference ``last_token_index``).
     The returned model has ``.train_losses`` and ``.train_accuracies`` (one float per step).
     """
-    from .config import select_track
-
     track = track or select_track("tiny")
-    loss_fn = loss_fn or _reference("pairwise_reward_loss")
+    loss_fn = loss_fn or reference.pairwise_reward_loss
     tokenizer = models.load_tokenizer(track)
     model = build_reward_model(track, last_index_fn=last_index_fn, seed=config.seed)
     pairs = list(pairs)[: config.max_pairs]
@@ -135,11 +129,6 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
     return model
 
 
-def _pad_right(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Right-pad a (B, T) tensor with zeros to (B, width)."""
-    return torch.nn.functional.pad(x, (0, width - x.shape[1]), value=0)
-
-
 def _pair_rewards(model, batch, device):
     """Rewards of a collated pair batch in one forward: chosen and rejected stacked along the batch.
 
@@ -147,8 +136,8 @@ def _pair_rewards(model, batch, device):
     wider (attention 0 there; the head reads the last real token, so the pad id does not matter).
     """
     width = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
-    ids = torch.cat([_pad_right(batch[f"{side}_input_ids"], width) for side in ("chosen", "rejected")])       # (2B, T)
-    mask = torch.cat([_pad_right(batch[f"{side}_attention_mask"], width) for side in ("chosen", "rejected")])  # (2B, T)
+    ids = torch.cat([data_lib.pad_right(batch[f"{side}_input_ids"], width) for side in ("chosen", "rejected")])       # (2B, T)
+    mask = torch.cat([data_lib.pad_right(batch[f"{side}_attention_mask"], width) for side in ("chosen", "rejected")])  # (2B, T)
     ids, mask = ids.to(device), mask.to(device)
     rewards = model(ids, mask)  # (2B,)
     return rewards.chunk(2)
@@ -303,166 +292,3 @@ def plot_gold_agreement(rewards: torch.Tensor, gold: torch.Tensor):
     ax.set_title(f"Learned vs gold reward (Pearson r = {pearson(rewards, gold):.2f})")
     fig.tight_layout()
     return fig
-
-
-# ---------------------------------------------------------------- best-of-n
-
-@dataclass
-class BestOfNConfig:
-    """Sizes of the best-of-n experiment: n_max samples per prompt, scored by proxy and gold."""
-
-    n_max: int = 64                  # samples per prompt; the curve covers every n from 1 to n_max
-    n_prompts: int = 64              # held-out prompts
-    max_new_tokens: int = 24         # completion length limit
-    temperature: float = 1.0         # sampling temperature of the policy (1: the policy itself, for the KL formula)
-    prompts_per_call: int = 16       # prompts per sampling call (each expanded n_max times)
-    seed: int = 0                    # sampling seed
-
-    @classmethod
-    def for_track(cls, track, **overrides) -> "BestOfNConfig":
-        cfg = cls(
-            n_max=track.pick(cpu=64, gpu=256, grading=4),
-            n_prompts=track.pick(cpu=32, gpu=128, grading=4),
-            max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
-            prompts_per_call=track.pick(cpu=16, gpu=16, grading=4),
-        )
-        return replace(cfg, **overrides)
-
-
-@torch.no_grad()
-def best_of_n_pool(policy, tokenizer, prompts: Sequence[dict], reward_model, gold, config: BestOfNConfig,
-                   progress: bool = True):
-    """Sample ``config.n_max`` completions for each prompt and score each with the proxy and the gold reward.
-
-    prompts: rows of ``alignlab.data.load_prompts`` (``prompt_ids``, ``prompt``); the first ``config.n_prompts``.
-    Returns a dict: ``proxy`` (P, N) learned rewards, ``gold`` (P, N) gold rewards of prompt + completion,
-    ``completions`` (P lists of N str), ``prompts`` (P str).
-    """
-    from . import rollout
-
-    prompts = list(prompts)[: config.n_prompts]
-    device = next(policy.parameters()).device
-    generator = torch.Generator(device=device).manual_seed(config.seed)
-    proxy, golds, texts = [], [], []
-    calls = range(0, len(prompts), config.prompts_per_call)
-    for start in tqdm(calls, desc=f"sampling {config.n_max} completions per prompt", disable=not progress):
-        chunk = prompts[start:start + config.prompts_per_call]
-        repeated = [row["prompt_ids"] for row in chunk for _ in range(config.n_max)]
-        ro = rollout.sample(policy, repeated, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            generator=generator, tokenizer=tokenizer)
-        r = score_batch(reward_model, ro.input_ids, ro.attention_mask)                          # (C * N,)
-        full = tokenizer.batch_decode([p + c for p, c in zip(repeated, ro.completion_ids)], skip_special_tokens=True)
-        g = torch.as_tensor(gold(full), dtype=torch.float32)                                     # (C * N,)
-        proxy.append(r.view(len(chunk), config.n_max))
-        golds.append(g.cpu().view(len(chunk), config.n_max))
-        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
-    return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts,
-            "prompts": [row["prompt"] for row in prompts]}
-
-
-def best_of_n_weights(N: int, n: int) -> torch.Tensor:
-    """(N,) probability that the i-th smallest of N scores (ascending) is the best of a random n-subset.
-
-    w_i = C(i-1, n-1) / C(N, n): an unbiased best-of-n estimate from one pool of N >= n samples.
-    """
-    total = math.comb(N, n)
-    return torch.tensor([math.comb(i - 1, n - 1) / total for i in range(1, N + 1)], dtype=torch.float64)
-
-
-def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: Sequence[int], select_by: str = "proxy"):
-    """Expected proxy and gold reward of best-of-n (selected by ``select_by``: "proxy" or "gold") for each n.
-
-    proxy, gold: (P, N) pools. Returns a dict of (len(ns),) tensors: ``n``, ``proxy``, ``gold``, ``gold_se``
-    (standard error of the gold mean over prompts).
-    """
-    key = proxy if select_by == "proxy" else gold
-    order = key.double().argsort(dim=1)                      # (P, N) ascending
-    p_sorted = proxy.double().gather(1, order)
-    g_sorted = gold.double().gather(1, order)
-    N = proxy.shape[1]
-    out = {"n": torch.tensor(list(ns)), "proxy": [], "gold": [], "gold_se": []}
-    for n in ns:
-        w = best_of_n_weights(N, n)                          # (N,)
-        per_prompt_gold = g_sorted @ w                       # (P,)
-        out["proxy"].append(float((p_sorted @ w).mean()))
-        out["gold"].append(float(per_prompt_gold.mean()))
-        out["gold_se"].append(float(per_prompt_gold.std() / math.sqrt(max(len(per_prompt_gold), 1))))
-    return {k: torch.as_tensor(v, dtype=torch.float64) if k != "n" else v for k, v in out.items()}
-
-
-def fit_gao(kl: Sequence[float], gold: Sequence[float]) -> tuple[float, float]:
-    """Least-squares fit of Gao et al.'s best-of-n law, gold(d) - gold(0) = d (a - b d) with d = sqrt(KL).
-
-    Returns (a, b). With b > 0 the fitted gold peaks at d = a / (2 b), i.e. KL = (a / (2 b))^2.
-    """
-    d = torch.as_tensor(list(kl), dtype=torch.float64).sqrt()                 # (K,)
-    y = torch.as_tensor(list(gold), dtype=torch.float64)
-    y = y - y[0]
-    X = torch.stack([d, -d * d], dim=1)                                       # (K, 2)
-    a, b = torch.linalg.lstsq(X, y[:, None]).solution[:, 0].tolist()
-    return a, b
-
-
-def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None, fit: bool = True):
-    """Two panels against KL = log n - (n-1)/n: the proxy reward best-of-n optimizes, and the gold reward it gets.
-
-    ``oracle`` (optional): the same curve with the gold reward itself as the judge, drawn dashed;
-    ``fit``: draw Gao et al.'s law fitted to the gold curve (see ``fit_gao``).
-    """
-    kl = torch.as_tensor(list(kl), dtype=torch.float64)
-    fig, (ax_p, ax_g) = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    ax_p.plot(kl, curve["proxy"], "o-", color="tab:orange")
-    ax_p.set_ylabel("proxy reward (learned RM)")
-    ax_p.set_title("What best-of-n optimizes")
-    ax_g.errorbar(kl, curve["gold"], yerr=curve["gold_se"], fmt="o-", color="tab:blue", capsize=2,
-                  label="best-of-n judged by the reward model")
-    if oracle is not None:
-        ax_g.plot(kl, oracle["gold"], "--", color="grey", label="best-of-n judged by the gold reward")
-    if fit:
-        a, b = fit_gao(kl, curve["gold"])
-        d = torch.linspace(0, float(kl.max()), 100, dtype=torch.float64).sqrt()
-        ax_g.plot(d ** 2, float(curve["gold"][0]) + d * (a - b * d), ":", color="tab:blue",
-                  label="fit d(a - b d), d = sqrt(KL)")
-    ax_g.set_ylabel("gold reward P(positive)")
-    ax_g.set_title("What we actually get")
-    ax_g.legend(fontsize=8, loc="best")
-    for ax in (ax_p, ax_g):
-        ax.set_xlabel("KL(best-of-n || policy), nats")
-        top = ax.secondary_xaxis("top")
-        top.set_xticks(kl.tolist()[::2])
-        top.set_xticklabels([str(int(n)) for n in curve["n"].tolist()[::2]], fontsize=7)
-        top.set_xlabel("n", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def show_picks(pool: dict, k: int = 3, width: int = 100) -> None:
-    """For k prompts: a typical sample (the median proxy score) and the reward model's favourite of the pool."""
-    for i in range(min(k, len(pool["prompts"]))):
-        order = pool["proxy"][i].argsort()
-        print(repr(pool["prompts"][i]))
-        for label, j in (("median", int(order[len(order) // 2])), ("best", int(order[-1]))):
-            text = f"  {label:6s} proxy {pool['proxy'][i, j]:6.2f}  gold {pool['gold'][i, j]:.2f}  {pool['completions'][i][j]!r}"
-            print(text[:width])
-
-
-def summarize_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None) -> dict:
-    """Print and return where the gold reward of best-of-n peaks, and how it compares with the proxy's climb.
-
-    ``peak_n``: the n with the highest gold; ``gold_gain_share``: the proxy-judged gold gain at n_max as a
-    share of the gold-judged (oracle) gain, when ``oracle`` is given.
-    """
-    ns, gold, proxy = curve["n"].tolist(), curve["gold"], curve["proxy"]
-    k = int(gold.argmax())
-    out = {"peak_n": ns[k], "peak_kl": float(kl[k]), "gold_base": float(gold[0]), "gold_peak": float(gold[k]),
-           "gold_last": float(gold[-1]), "n_last": ns[-1]}
-    print(f"gold reward: {out['gold_base']:.3f} at n = 1, highest {out['gold_peak']:.3f} at n = {ns[k]} "
-          f"(KL {out['peak_kl']:.2f} nats), {out['gold_last']:.3f} at n = {ns[-1]}")
-    print(f"proxy reward: {float(proxy[0]):.3f} at n = 1, {float(proxy[-1]):.3f} at n = {ns[-1]} (still rising)")
-    if oracle is not None:
-        out["gold_gain_share"] = float((gold[-1] - gold[0]) / (oracle["gold"][-1] - oracle["gold"][0]).clamp(min=1e-9))
-        print(f"best-of-{ns[-1]} judged by the reward model gains {out['gold_gain_share']:.0%} of what the gold "
-              f"reward itself would gain as the judge")
-    for key in ("peak_n", "gold_base", "gold_peak", "gold_last"):
-        report.record(f"02_reward_model/best_of_n_{key}", out[key])
-    return out

@@ -124,3 +124,15 @@ def load_gold(folder: str | Path | None = None) -> GoldReward:
     except Exception as e:  # noqa: BLE001 - json, safetensors and shape errors all get the same advice
         raise RuntimeError(f"The gold classifier in {folder} is missing a file or is corrupt ({e}). "
                            "Restore data/ from the repository (git checkout -- data) or rebuild it with `make data`.") from e
+
+
+def gold_texts(tokenizer, prompt_ids_list, completion_ids_list) -> list[str]:
+    """What the gold reads: each prompt followed by its completion, decoded without special tokens."""
+    return tokenizer.batch_decode([list(p) + list(c) for p, c in zip(prompt_ids_list, completion_ids_list)],
+                                  skip_special_tokens=True)
+
+
+def gold_scores(gold, tokenizer, prompt_ids_list, completion_ids_list) -> tuple[list[str], torch.Tensor]:
+    """(texts, scores (B,) float32 on the CPU): the gold's P(positive) of each prompt + completion."""
+    texts = gold_texts(tokenizer, prompt_ids_list, completion_ids_list)
+    return texts, torch.as_tensor(gold(texts), dtype=torch.float32).cpu()                # (B,)

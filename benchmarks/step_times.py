@@ -29,7 +29,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")   # no progress bars between the figu
 import torch  # noqa: E402
 
 from alignlab.config import select_track  # noqa: E402
-from alignlab.data import load_pairs, load_prompts  # noqa: E402
+from alignlab.pairs import load_pairs, load_prompts  # noqa: E402
 from alignlab.dpo import DPOConfig, train_dpo  # noqa: E402
 from alignlab.models import PolicyWithValue, RewardModel, frozen_copy, load_policy, load_tokenizer  # noqa: E402
 from alignlab.ppo import ModelReward, PPOConfig, train_ppo  # noqa: E402

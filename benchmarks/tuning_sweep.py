@@ -29,7 +29,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from alignlab.config import select_track  # noqa: E402
-from alignlab.data import load_pairs, load_prompts  # noqa: E402
+from alignlab.pairs import load_pairs, load_prompts  # noqa: E402
 from alignlab.dpo import DPOConfig, train_dpo  # noqa: E402
 from alignlab.evaluation import evaluate_policy  # noqa: E402
 from alignlab.models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer  # noqa: E402

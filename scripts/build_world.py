@@ -38,7 +38,7 @@ def _size_mb(folder: Path) -> float:
 
 def policy_samples_and_eval():
     """10 samples from the policy on test prompts, and one timed evaluate_policy of the base policy."""
-    from alignlab.data import load_prompts
+    from alignlab.pairs import load_prompts
     from alignlab.evaluation import evaluate_policy
     from alignlab.models import frozen_copy, load_policy, load_tokenizer
     from alignlab.rewards import load_gold

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from alignlab.data import collate, collate_pairs, load_pairs, load_prompts, load_reviews, read_jsonl, write_jsonl
+from alignlab.data import collate, collate_pairs, load_reviews, read_jsonl, write_jsonl
+from alignlab.pairs import load_pairs, load_prompts
 
 
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from alignlab import paths
-from alignlab.data import load_prompts
+from alignlab.pairs import load_prompts
 from alignlab.evaluation import evaluate_policy
 from alignlab.models import frozen_copy, load_policy, load_tokenizer
 from alignlab.rewards import load_gold

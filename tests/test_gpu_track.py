@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from alignlab import config, pairs
-from alignlab.data import collate_pairs, load_pairs, load_prompts
+from alignlab.data import collate_pairs
+from alignlab.pairs import load_pairs, load_prompts
 from alignlab.dpo import pair_logps, reference_logps
 from alignlab.models import frozen_copy, load_policy, load_tokenizer
 from alignlab.reference import dpo_loss

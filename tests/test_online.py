@@ -172,7 +172,7 @@ def test_online_dpo_trains_in_rounds_and_leaves_the_reference_alone(tiny_world):
     history = online.train_online_dpo(policy, ref, tok, prompts, _length_labeller,
                                       functools.partial(reference.dpo_loss, beta=0.1), config, eval_fn)
     assert [e["step"] for e in history.evals] == [0, 2, 4] and [e["round"] for e in history.evals] == [0, 1, 2]
-    assert [r["round"] for r in history.rounds] == [1, 2] and all(r["pairs"] == 3 for r in history.rounds)
+    assert [r["round"] for r in history.steps] == [1, 2] and all(r["pairs"] == 3 for r in history.steps)
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
     assert any(not torch.equal(start[k], v) for k, v in policy.state_dict().items())
     assert history.final["step"] == 4

@@ -12,7 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from alignlab import paths, reward_model  # noqa: E402
+from alignlab import best_of_n, paths, reward_model  # noqa: E402
 from alignlab.config import Track  # noqa: E402
 from alignlab.reward_model import RewardModelConfig  # noqa: E402
 
@@ -64,14 +64,14 @@ def test_best_of_n_weights_equal_brute_force_over_all_subsets():
     subsets = list(itertools.combinations(range(N), n))
     for s in subsets:
         counts[max(s)] += 1
-    assert torch.allclose(reward_model.best_of_n_weights(N, n), counts / len(subsets))
-    assert float(reward_model.best_of_n_weights(N, n) @ scores) == pytest.approx(float(counts @ scores) / len(subsets))
+    assert torch.allclose(best_of_n.best_of_n_weights(N, n), counts / len(subsets))
+    assert float(best_of_n.best_of_n_weights(N, n) @ scores) == pytest.approx(float(counts @ scores) / len(subsets))
 
 
 def test_best_of_n_weights_edge_cases():
-    assert torch.allclose(reward_model.best_of_n_weights(5, 1), torch.full((5,), 0.2, dtype=torch.float64))
-    assert torch.equal(reward_model.best_of_n_weights(5, 5), torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64))
-    assert float(reward_model.best_of_n_weights(64, 17).sum()) == pytest.approx(1.0)
+    assert torch.allclose(best_of_n.best_of_n_weights(5, 1), torch.full((5,), 0.2, dtype=torch.float64))
+    assert torch.equal(best_of_n.best_of_n_weights(5, 5), torch.tensor([0, 0, 0, 0, 1.0], dtype=torch.float64))
+    assert float(best_of_n.best_of_n_weights(64, 17).sum()) == pytest.approx(1.0)
 
 
 def test_best_of_n_curve_proxy_rises_and_the_gold_judge_is_an_upper_bound():
@@ -79,14 +79,14 @@ def test_best_of_n_curve_proxy_rises_and_the_gold_judge_is_an_upper_bound():
     gold = torch.rand(32, 16, generator=g)
     proxy = gold + 0.3 * torch.randn(32, 16, generator=g)   # a noisy proxy
     ns = [1, 2, 4, 8, 16]
-    curve = reward_model.best_of_n_curve(proxy, gold, ns)
-    oracle = reward_model.best_of_n_curve(proxy, gold, ns, select_by="gold")
+    curve = best_of_n.best_of_n_curve(proxy, gold, ns)
+    oracle = best_of_n.best_of_n_curve(proxy, gold, ns, select_by="gold")
     assert curve["gold"][0] == pytest.approx(float(gold.double().mean()))   # n = 1: no selection
     assert torch.all(curve["proxy"].diff() > 0)
     assert torch.all(oracle["gold"] >= curve["gold"] - 1e-9)
     assert oracle["gold"][-1] == pytest.approx(float(gold.double().max(1).values.mean()))
     kl = [math.log(n) - (n - 1) / n for n in ns]
-    assert isinstance(reward_model.plot_best_of_n(curve, kl, oracle=oracle), matplotlib.figure.Figure)
+    assert isinstance(best_of_n.plot_best_of_n(curve, kl, oracle=oracle), matplotlib.figure.Figure)
 
 
 # ------------------------------------------------------------------ configs
@@ -100,7 +100,7 @@ def test_config_scales_down_under_the_grader_and_up_on_the_gpu_track():
     gpu = RewardModelConfig.for_track(make_track("gpt2"))
     assert grading.steps < cpu.steps < gpu.steps
     assert RewardModelConfig.for_track(make_track(), steps=7).steps == 7
-    bon = reward_model.BestOfNConfig.for_track
+    bon = best_of_n.BestOfNConfig.for_track
     assert bon(make_track(grading=True)).n_max < bon(make_track()).n_max < bon(make_track("gpt2")).n_max
 
 
@@ -199,5 +199,5 @@ def test_chosen_and_rejected_of_different_widths_are_scored_alike(toy_track):
 def test_gao_fit_recovers_a_known_law():
     kl = [math.log(n) - (n - 1) / n for n in (1, 2, 4, 8, 16, 32, 64)]
     gold = [0.5 + math.sqrt(k) * (0.3 - 0.1 * math.sqrt(k)) for k in kl]
-    a, b = reward_model.fit_gao(kl, gold)
+    a, b = best_of_n.fit_gao(kl, gold)
     assert a == pytest.approx(0.3, abs=1e-9) and b == pytest.approx(0.1, abs=1e-9)

@@ -133,7 +133,8 @@ def test_scoring_lets_gradients_flow():
 
 def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
     """The pairs' ref_*_logp were sampled from this very policy: a stale pairs file fails here."""
-    from alignlab.data import collate_pairs, load_pairs
+    from alignlab.data import collate_pairs
+    from alignlab.pairs import load_pairs
     policy, tok = tiny
     rows = load_pairs("test")[:16]
     b = collate_pairs(rows, pad_id=tok.pad_token_id)
