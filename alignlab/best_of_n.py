@@ -51,7 +51,7 @@ def best_of_n_pool(policy, tokenizer, prompts: Sequence[dict], reward_model, gol
                    progress: bool = True):
     """Sample ``config.n_max`` completions for each prompt and score each with the proxy and the gold reward.
 
-    prompts: rows of ``alignlab.data.load_prompts`` (``prompt_ids``, ``prompt``); the first ``config.n_prompts``.
+    prompts: rows of ``alignlab.pairs.load_prompts`` (``prompt_ids``, ``prompt``); the first ``config.n_prompts``.
     Returns a dict: ``proxy`` (P, N) learned rewards, ``gold`` (P, N) gold rewards of prompt + completion,
     ``completions`` (P lists of N str), ``prompts`` (P str).
     """

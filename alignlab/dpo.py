@@ -38,7 +38,7 @@ EvalFn = Callable[[torch.nn.Module], dict]  # policy -> {"gold": float, "kl": fl
 
 @dataclass
 class DPOConfig:
-    """Settings of one DPO run (defaults: the tiny track on a CPU; lr 3e-4 beat 1e-4 on gold at KL <= 10 there)."""
+    """Settings of one DPO run. ``for_track`` gives notebook 04's tuned recipe; ``docs/tuning.md`` has the runs behind it."""
 
     beta: float = 0.1              # KL strength: implicit reward = beta * log(pi / pi_ref); bind it into loss_fn
     lr: float = 3e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
@@ -49,19 +49,27 @@ class DPOConfig:
     max_grad_norm: float = 1.0     # gradient clipping on the policy's parameters
     average_logps: bool = False    # True: per-token average log-probs (SimPO); DPO needs sums
     eval_every: int = 50           # call eval_fn every this many steps (and at step 0 and at the end)
+    heldout_every: int = 25        # loss and implicit-reward accuracy on the held-out pairs every this many steps
     seed: int = 0                  # order in which the pairs are visited
     group_by_prompt: bool = False  # True: a prompt's pairs are visited together, so its completions run once a batch
     pad_token_id: int | None = None  # pad id for collating pairs; None: the policy's config.pad_token_id (or 0)
 
     @classmethod
     def for_track(cls, track, **overrides) -> "DPOConfig":
-        """Defaults for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a handful of steps under the grader."""
+        """Notebook 04's recipe for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a few steps under the grader.
+
+        beta 0.15; a prompt's pairs share a batch (96 pairs = 16 prompts on the CPU); the learning rate is
+        warmed up, then decays linearly to 0. Override any field, e.g. ``for_track(track, beta=0.3)``.
+        """
         settings = dict(
-            lr=track.pick(cpu=3e-4, gpu=5e-6),
-            steps=track.pick(cpu=200, gpu=600, grading=6),
-            batch_size=track.pick(cpu=32, gpu=64, grading=8),
+            beta=0.15,
+            lr=track.pick(cpu=6e-4, gpu=5e-6),
+            steps=track.pick(cpu=300, gpu=600, grading=6),
+            batch_size=track.pick(cpu=96, gpu=64, grading=12),
             warmup_steps=track.pick(cpu=10, gpu=50, grading=0),
-            eval_every=track.pick(cpu=50, gpu=100, grading=3),
+            decay=True,
+            group_by_prompt=True,
+            eval_every=track.pick(cpu=75, gpu=100, grading=3),
         )
         settings.update(overrides)
         return cls(**settings)
@@ -169,21 +177,38 @@ def visit_order(pairs: Sequence[dict], seed: int = 0, group_by_prompt: bool = Fa
     return [i for g in torch.randperm(len(members), generator=generator).tolist() for i in members[g]]
 
 
+def _loss_and_rewards(policy, reference, batch: dict, loss_fn: LossFn, config: DPOConfig):
+    """(loss, chosen_rewards (B,), rejected_rewards (B,), (policy_chosen_logps, policy_rejected_logps)) of a batch."""
+    policy_chosen_logps, policy_rejected_logps = pair_logps(policy, batch, config.average_logps)  # (B,), (B,)
+    ref_chosen_logps, ref_rejected_logps = reference_logps(reference, batch, config.average_logps)  # (B,), no grad
+    out = loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    loss = out[0] if isinstance(out, (tuple, list)) else out
+    if isinstance(out, (tuple, list)) and len(out) >= 3:
+        chosen_rewards, rejected_rewards = out[1], out[2]
+    else:
+        chosen_rewards = config.beta * (policy_chosen_logps - ref_chosen_logps).detach()
+        rejected_rewards = config.beta * (policy_rejected_logps - ref_rejected_logps).detach()
+    return loss, chosen_rewards, rejected_rewards, (policy_chosen_logps, policy_rejected_logps)
+
+
 def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config: DPOConfig,
-              eval_fn: EvalFn | None = None) -> DPOHistory:
+              eval_fn: EvalFn | None = None, heldout_pairs: Sequence[dict] | None = None) -> DPOHistory:
     """Train ``policy`` in place on preference ``pairs`` with ``loss_fn``; return the history.
 
     Args:
         policy: a causal LM (GPT2LMHeadModel); only its parameters are updated.
         reference: the frozen reference model, or None to use the pairs' stored
             ``ref_chosen_logp``/``ref_rejected_logp``. It never receives gradient.
-        pairs: rows of ``alignlab.data.load_pairs`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ...).
+        pairs: rows of ``alignlab.pairs.load_pairs`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ...).
         loss_fn: ``loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
             ref_rejected_logps)`` -> loss, or (loss, chosen_rewards, rejected_rewards, ...).
         config: a :class:`DPOConfig`; ``config.beta`` only labels the implicit rewards
             when ``loss_fn`` does not return them.
         eval_fn: called as ``eval_fn(policy)`` at step 0, every ``eval_every`` steps and
             at the end; returns a dict (e.g. ``{"gold": ..., "kl": ...}``) logged in ``history.evals``.
+        heldout_pairs: pairs the policy never trains on (the test split): at step 0, every
+            ``heldout_every`` steps and at the end, their mean loss and implicit-reward accuracy
+            (no gradient) are logged in ``history.heldout``, beside the training batches' in ``history.steps``.
     """
     device = next(policy.parameters()).device
     pad_id = config.pad_token_id if config.pad_token_id is not None else (policy.config.pad_token_id or 0)
@@ -198,19 +223,27 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
         if eval_fn is not None:
             history.evals.append({"step": step, **eval_fn(policy)})
 
+    def measure_heldout(step):
+        if not heldout_pairs or not (step % config.heldout_every == 0 or step == config.steps):
+            return
+        losses, stats = [], []
+        with torch.no_grad():
+            for i in range(0, len(heldout_pairs), config.batch_size):
+                batch = {k: v.to(device) for k, v in collate_pairs(list(heldout_pairs[i:i + config.batch_size]),
+                                                                   pad_id=pad_id).items()}
+                loss, chosen_rewards, rejected_rewards, _ = _loss_and_rewards(policy, reference, batch, loss_fn, config)
+                losses.append(loss.item() * len(chosen_rewards))
+                stats.append((chosen_rewards > rejected_rewards).float().sum().item())
+        n = len(heldout_pairs)
+        history.heldout.append({"step": step, "loss": sum(losses) / n, "rewards/accuracies": sum(stats) / n})
+
     evaluate(0)
+    measure_heldout(0)
     for step in tqdm(range(1, config.steps + 1), desc="DPO", leave=False):
         rows = [pairs[i] for i in itertools.islice(visits, config.batch_size)]
         batch = {k: v.to(device) for k, v in collate_pairs(rows, pad_id=pad_id).items()}
-        policy_chosen_logps, policy_rejected_logps = pair_logps(policy, batch, config.average_logps)  # (B,), (B,)
-        ref_chosen_logps, ref_rejected_logps = reference_logps(reference, batch, config.average_logps)  # (B,), no grad
-        out = loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
-        loss = out[0] if isinstance(out, (tuple, list)) else out
-        if isinstance(out, (tuple, list)) and len(out) >= 3:
-            chosen_rewards, rejected_rewards = out[1], out[2]
-        else:
-            chosen_rewards = config.beta * (policy_chosen_logps - ref_chosen_logps).detach()
-            rejected_rewards = config.beta * (policy_rejected_logps - ref_rejected_logps).detach()
+        loss, chosen_rewards, rejected_rewards, (policy_chosen_logps, policy_rejected_logps) = _loss_and_rewards(
+            policy, reference, batch, loss_fn, config)
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -223,6 +256,7 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
                               "logps/chosen": policy_chosen_logps.mean().item(),
                               "logps/rejected": policy_rejected_logps.mean().item(), "grad_norm": float(grad_norm),
                               "lr": lr})
+        measure_heldout(step)
         if step % config.eval_every == 0 or step == config.steps:
             evaluate(step)
     history.seconds = time.perf_counter() - start
@@ -231,21 +265,27 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
 
 # ------------------------------------------------------------------- plots
 def plot_history(history: DPOHistory, title: str = "DPO"):
-    """Loss, implicit-reward accuracy and margin per step; gold reward and KL at each evaluation."""
+    """Loss, implicit-reward accuracy and margin per step (and on held-out pairs); gold reward and KL per evaluation."""
     import matplotlib.pyplot as plt
 
     steps = history.column("step")
     panels = 3 if history.evals else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
-    axes[0].plot(steps, history.column("loss"), lw=1)
+    axes[0].plot(steps, history.column("loss"), lw=1, label="training batches")
     axes[0].axhline(math.log(2), color="grey", ls=":", label="ln 2 (policy = reference)")
     axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: loss")
-    axes[0].legend(fontsize=8)
-    axes[1].plot(steps, history.column("rewards/accuracies"), lw=1, label="accuracy")
+    axes[1].plot(steps, history.column("rewards/accuracies"), lw=1, label="training batches")
+    if history.heldout:
+        held = [h["step"] for h in history.heldout]
+        axes[0].plot(held, [h["loss"] for h in history.heldout], "o-", ms=3, color="C2", label="held-out pairs")
+        axes[1].plot(held, [h["rewards/accuracies"] for h in history.heldout], "o-", ms=3, color="C2",
+                     label="held-out pairs")
     margin = axes[1].twinx()
-    margin.plot(steps, history.column("rewards/margins"), lw=1, color="C1", label="margin")
+    margin.plot(steps, history.column("rewards/margins"), lw=1, color="C1", alpha=0.6, label="margin (training)")
     axes[1].set(xlabel="step", ylabel="implicit-reward accuracy", title="implicit rewards", ylim=(0, 1))
-    margin.set_ylabel("margin r_w - r_l", color="C1")
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="lower right")
+    margin.set_ylabel("margin r_w - r_l (training)", color="C1")
     if history.evals:
         ev = history.evals
         axes[2].plot([e["step"] for e in ev], [e["gold"] for e in ev], "o-", label="gold")
@@ -254,7 +294,7 @@ def plot_history(history: DPOHistory, title: str = "DPO"):
         axes[2].set(xlabel="step", ylabel="gold reward", title="gold reward and sequence KL")
         kl.set_ylabel("sequence KL (nats)", color="C3")
     fig.tight_layout()
-    plt.show()
+    return fig
 
 
 def beta_explorer(preference_probability_fn: Callable | None = None, gradient_weight_fn: Callable | None = None):

@@ -106,11 +106,12 @@ def best_points(points: Sequence[dict], max_kl: float) -> dict:
 
 
 def plot_frontier(points: Sequence[dict], base: dict | None = None, title: str = "Gold reward vs KL", ax=None):
-    """Scatter gold reward against sequence KL, one colour per method, one line per run (setting)."""
+    """Scatter gold reward against sequence KL, one colour per method, one line per run (setting); returns the figure."""
     import matplotlib.pyplot as plt
 
     if ax is None:
         _, ax = plt.subplots(figsize=(7, 4.5))
+    fig = ax.figure
     runs: dict[tuple[str, str], list[dict]] = {}
     for p in points:
         runs.setdefault((p["method"], p["setting"]), []).append(p)
@@ -131,8 +132,7 @@ def plot_frontier(points: Sequence[dict], base: dict | None = None, title: str =
     ax.set(xlabel="sequence KL(policy || reference), nats", ylabel="gold reward (mean P(positive))", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    plt.show()
-    return ax
+    return fig
 
 
 def frontier_table(points: Sequence[dict]) -> str:

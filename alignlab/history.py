@@ -17,6 +17,7 @@ class RunHistory:
     steps: list[dict] = field(default_factory=list)    # DPO: step, loss, rewards/...; PPO: iteration, score, ...; online: round, pairs, ...
     evals: list[dict] = field(default_factory=list)    # step (or iteration, round), and what the evaluation returned
     samples: list[tuple[int, list[str]]] = field(default_factory=list)  # (step, a few sampled texts), where a loop keeps them
+    heldout: list[dict] = field(default_factory=list)  # cheap held-out measurements between evaluations (DPO: test pairs)
     seconds: float = 0.0                               # wall time of the run, evaluations included
 
     def column(self, name: str, evals: bool = False) -> list:

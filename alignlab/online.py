@@ -12,7 +12,7 @@ stays the starting policy, so the KL it reports means the same as offline DPO's.
 >>> history = train_online_dpo(policy, reference, tokenizer, prompts, labeller, loss_fn, config, eval_fn)
 >>> history.final            # {"step", "round", "gold", "kl", ...}
 
-Pairs built here have the fields of ``alignlab.data.load_pairs`` rows that DPO
+Pairs built here have the fields of ``alignlab.pairs.load_pairs`` rows that DPO
 needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logp``,
 ``ref_rejected_logp``) plus ``score_chosen``/``score_rejected`` (the labeller's)
 and ``gold_chosen``/``gold_rejected`` when a gold reward is given.

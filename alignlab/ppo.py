@@ -131,7 +131,7 @@ def collect_rollouts(policy, ref_model, tokenizer, prompts: Sequence, cfg: "PPOC
 
 @dataclass
 class PPOConfig:
-    """Hyperparameters of the PPO loop. Defaults: the tiny track on a CPU (about 1.5 s an iteration on 2 cores)."""
+    """Hyperparameters of the PPO loop (``for_track`` scales them; ``docs/tuning.md`` has the runs behind them)."""
 
     iterations: int = 30             # rollout-and-update rounds
     batch_size: int = 64             # prompts (= rollouts) sampled per iteration
@@ -144,7 +144,6 @@ class PPOConfig:
     adam_eps: float = 1e-5           # Adam epsilon (CleanRL's choice; the default 1e-8 is jumpier)
     max_grad_norm: float = 1.0       # global gradient-norm clip
     kl_coef: float = 0.06            # beta of the per-token KL penalty -beta*(log pi - log pi_ref); the start value if adaptive
-                                     # (tiny track, value model from the reward model: 0.05-0.06 end near KL 9.5, 0.08 near 7)
     adaptive_kl: bool = False        # adapt kl_coef toward target_kl (Ziegler et al.) instead of keeping it fixed
     target_kl: float = 6.0           # sequence KL (nats, at the sampling temperature) the adaptive controller aims for
     kl_horizon: int = 10_000         # rollouts over which the adaptive controller closes the gap
@@ -164,8 +163,6 @@ class PPOConfig:
     def for_track(cls, track, **overrides) -> "PPOConfig":
         """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
         cfg = cls(
-            # CPU: 2 epochs at lr 2e-4 reached the gold (0.79 at KL 9.6) that 4 epochs at 1e-4 reached in twice
-            # the iterations, each iteration ~30% cheaper; by 20-30 iterations the KL settles near beta's balance.
             iterations=track.pick(cpu=30, gpu=150, grading=2),
             batch_size=track.pick(cpu=64, gpu=128, grading=8),
             minibatch_size=track.pick(cpu=32, gpu=32, grading=8),

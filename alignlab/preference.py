@@ -29,7 +29,7 @@ def _as_tensor(x) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.float64)
 
 
-# Field names of a pair row (alignlab.data.load_pairs); one place to change if the data set renames them.
+# Field names of a pair row (alignlab.pairs.load_pairs); one place to change if the data set renames them.
 GOLD_CHOSEN, GOLD_REJECTED, P_CHOSEN = "gold_chosen", "gold_rejected", "p_chosen"
 
 

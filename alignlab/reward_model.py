@@ -7,9 +7,8 @@ Stable entry points (notebook 03 and later reuse them; keep the signatures):
 
 - ``RewardModelConfig.for_track(track, **overrides)`` -- sizes for a track.
 - ``train_reward_model(pairs, config, loss_fn=None, track=None, last_index_fn=None, progress=True) -> RewardModel``
-  -- a trained reward model in eval mode, on the track's device (tiny track, CPU defaults: 200 steps of
-  32 pairs, about 6 CPU-minutes of work; pass ``steps=`` to ``for_track`` for less). ``pairs`` is the
-  training split of ``alignlab.data.load_pairs()``. The model carries ``.train_losses`` and
+  -- a trained reward model in eval mode, on the track's device (pass ``steps=`` to ``for_track`` for a
+  shorter run). ``pairs`` is the training split of ``alignlab.pairs.load_pairs()``. The model carries ``.train_losses`` and
   ``.train_accuracies`` (lists of float). ``loss_fn`` defaults to ``reference.pairwise_reward_loss``.
 - ``score_batch(reward_model, input_ids, attention_mask) -> (B,)`` -- rewards of collated sequences
   (e.g. a rollout's), any padding side.
@@ -41,7 +40,7 @@ LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) ->
 
 @dataclass
 class RewardModelConfig:
-    """Hyperparameters of reward-model training. Defaults: the tiny track on a CPU (about a minute)."""
+    """Hyperparameters of reward-model training (``for_track`` scales them to a track)."""
 
     steps: int = 200                 # optimizer steps (each on batch_size pairs)
     batch_size: int = 32             # pairs per step (2 * batch_size sequences per forward)
@@ -91,7 +90,7 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
                        last_index_fn: LastIndexFn | None = None, progress: bool = True):
     """Train a reward model on preference pairs with ``loss_fn``; return it in eval mode.
 
-    pairs: the training split of ``alignlab.data.load_pairs()``.
+    pairs: the training split of ``alignlab.pairs.load_pairs()``.
     loss_fn(chosen_rewards (B,), rejected_rewards (B,), margin=None) -> () scalar to minimize;
         defaults to ``alignlab.reference.pairwise_reward_loss``.
     track: from ``select_track()`` (default: the tiny track); gives the backbone and device.

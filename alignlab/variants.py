@@ -83,27 +83,33 @@ def loss_shape(loss_fn: Callable, h: torch.Tensor) -> tuple[torch.Tensor, torch.
 
 def plot_loss_shapes(losses: Mapping[str, Callable], h_range: tuple[float, float] = (-40.0, 60.0),
                      points: int = 201, ylim: float = 4.0, targets: Mapping[str, float] | None = None):
-    """Two panels: per-pair loss against h, and the gradient's pull -d loss / d h (positive: raise h)."""
+    """The per-pair loss against h (one panel), then the pull -d loss / d h of each loss on its own y-axis.
+
+    The pulls differ by orders of magnitude (IPO's grows linearly in h, DPO's is at most beta), so each
+    gets its own panel and scale; positive pull raises h. ``targets``: a dotted line where a loss stops.
+    """
     import matplotlib.pyplot as plt
 
     h = torch.linspace(*h_range, points, dtype=torch.float64)                            # (N,)
-    fig, (ax_loss, ax_pull) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = plt.subplots(1, 1 + len(losses), figsize=(3.6 * (1 + len(losses)), 3.3))
+    ax_loss = axes[0]
     for i, (name, fn) in enumerate(losses.items()):
         loss, grad = loss_shape(fn, h)
+        ax_pull = axes[1 + i]
         ax_loss.plot(h, loss, color=f"C{i}", label=name)
-        ax_pull.plot(h, -grad, color=f"C{i}", label=name)
+        ax_pull.plot(h, -grad, color=f"C{i}")
+        ax_pull.axhline(0, color="grey", lw=0.5)
+        ax_pull.set(xlabel="h, nats", ylabel="-d loss / d h", title=f"pull: {name}")
+        ax_pull.title.set_fontsize(9)
         if targets and name in targets:
             for ax in (ax_loss, ax_pull):
                 ax.axvline(targets[name], color=f"C{i}", ls=":", lw=1)
     ax_loss.set(xlabel="h = log-ratio(chosen) - log-ratio(rejected), nats", ylabel="per-pair loss",
                 title="loss", ylim=(0, ylim))
-    ax_pull.axhline(0, color="grey", lw=0.5)
-    ax_pull.set(xlabel="h, nats", ylabel="-d loss / d h", title="the pull on h (> 0: push chosen up)")
-    for ax in (ax_loss, ax_pull):
+    ax_loss.legend(fontsize=7)
+    for ax in axes:
         ax.axvline(0, color="grey", lw=0.5)
-        ax.legend(fontsize=8)
     fig.tight_layout()
-    plt.show()
     return fig
 
 
@@ -121,14 +127,21 @@ def summary_table(runs: Mapping[str, object], base: dict | None = None,
 
 
 def plot_runs(runs: Mapping[str, object], base: dict | None = None, title: str = "", x: str = "step"):
-    """Left: gold reward against training ``x`` (step); right: each run's path in the gold-vs-KL plane."""
+    """Left: gold reward against training ``x`` (step); right: each run's path in the gold-vs-KL plane.
+
+    Where the evaluations carry ``gold_std`` and ``n`` (``evaluate_policy`` does), each point has an error
+    bar of one standard error of the gold mean, so a gap smaller than the bars reads as the noise it is.
+    """
     import matplotlib.pyplot as plt
 
     fig, (ax_gold, ax_kl) = plt.subplots(1, 2, figsize=(10, 3.6))
     for i, (name, run) in enumerate(runs.items()):
         evals = run.evals
-        ax_gold.plot([e[x] for e in evals], [e["gold"] for e in evals], "o-", ms=4, color=f"C{i}", label=name)
-        ax_kl.plot([e["kl"] for e in evals], [e["gold"] for e in evals], "o-", ms=4, color=f"C{i}", label=name)
+        se = [e["gold_std"] / math.sqrt(e["n"]) if "gold_std" in e and e.get("n") else 0.0 for e in evals]
+        ax_gold.errorbar([e[x] for e in evals], [e["gold"] for e in evals], yerr=se, fmt="o-", ms=4, capsize=2,
+                         color=f"C{i}", label=name)
+        ax_kl.errorbar([e["kl"] for e in evals], [e["gold"] for e in evals], yerr=se, fmt="o-", ms=4, capsize=2,
+                       color=f"C{i}", label=name)
         ax_kl.annotate(name, (evals[-1]["kl"], evals[-1]["gold"]), fontsize=8, color=f"C{i}",
                        xytext=(4, -3), textcoords="offset points")
     if base is not None:
@@ -142,7 +155,6 @@ def plot_runs(runs: Mapping[str, object], base: dict | None = None, title: str =
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    plt.show()
     return fig
 
 
@@ -169,7 +181,6 @@ def plot_lengths(lengths: Mapping[str, Sequence[float]], max_new_tokens: int, da
         ax.set(ylabel="mean length (tokens)", title="in the preference pairs",
                ylim=(0, max(data["chosen"], data["rejected"]) * 1.2))
     fig.tight_layout()
-    plt.show()
     return fig
 
 

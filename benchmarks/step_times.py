@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/step_times.py [--repeats 5] [--threads 1]
 
-DPO step: ``DPOConfig.for_track(tiny)`` (32 pairs a step, the size notebook 05 uses),
-then notebook 04's (96 pairs grouped by prompt: 64 distinct completions); reference
+DPO step: 32 scattered pairs a step (the size notebook 05 uses), then notebook 04's
+``DPOConfig.for_track(tiny)`` (96 pairs grouped by prompt: 64 distinct completions); reference
 log-probs read from the pairs, as ``train_dpo(policy, None, ...)``: collate, one forward
 of the distinct chosen and rejected completions, loss, backward, clip, AdamW step.
 PPO iteration: notebook 03's run, ``PPOConfig.for_track(tiny)`` (64 rollouts of
@@ -88,9 +88,10 @@ def main() -> None:
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(wall times grow with other processes' load; CPU time much less)")
     cfg, pairs = DPOConfig.for_track(track), load_pairs("train", track)
-    print(_line(f"DPO step      (batch {cfg.batch_size} pairs)", *time_dpo_step(track, pairs, a.repeats)), flush=True)
-    print(_line("DPO step      (notebook 04: batch 96 pairs grouped by prompt)",
-                *time_dpo_step(track, pairs, a.repeats, batch_size=96, group_by_prompt=True)), flush=True)
+    print(_line("DPO step      (notebook 05: batch 32 scattered pairs)",
+                *time_dpo_step(track, pairs, a.repeats, batch_size=32, group_by_prompt=False)), flush=True)
+    print(_line(f"DPO step      (notebook 04: batch {cfg.batch_size} pairs grouped by prompt)",
+                *time_dpo_step(track, pairs, a.repeats)), flush=True)
     pc = PPOConfig.for_track(track)
     print(_line(f"PPO iteration ({pc.batch_size} rollouts x {pc.max_new_tokens} tokens, {pc.ppo_epochs} epochs x "
                 f"{pc.batch_size // pc.minibatch_size} minibatches)",

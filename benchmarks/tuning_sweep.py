@@ -2,9 +2,9 @@
 
     python benchmarks/tuning_sweep.py ppo '[{"kl_coef": 0.07}, {"kl_coef": 0.05, "ppo_epochs": 4}]'
     python benchmarks/tuning_sweep.py ppo-gold '[{"kl_coef": 0.02}]'        # PPO on the gold reward itself
-    python benchmarks/tuning_sweep.py dpo '[{"lr": 3e-4, "steps": 300}]' [--threads 1] [--rm-steps 200]
-    python benchmarks/tuning_sweep.py dpo '[{"beta": 0.15, "lr": 6e-4, "decay": true, "batch_size": 96,
-        "group_by_prompt": true, "steps": 300, "eval_every": 25}]' --eval-prompts 256   # notebook 04's run
+    python benchmarks/tuning_sweep.py dpo '[{"eval_every": 25}]' --eval-prompts 256   # notebook 04's run
+    python benchmarks/tuning_sweep.py dpo '[{"beta": 0.1, "lr": 3e-4, "decay": false, "batch_size": 32,
+        "group_by_prompt": false, "steps": 200}]' [--threads 1] [--rm-steps 200]   # the paper-style recipe
 
 Each JSON object overrides ``PPOConfig.for_track(tiny)`` or ``DPOConfig.for_track(tiny)``; every run starts
 from the base policy. ``ppo`` trains notebook 03's reward model first (``--rm-steps``, its recipe),

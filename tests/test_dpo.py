@@ -279,3 +279,25 @@ def test_beta_explorer_draws_with_the_given_functions():
     assert "beta" in [c.description for c in widget.children if hasattr(c, "description")]
     widget.children[0].value = 1.0
     assert calls, "moving the slider should redraw with the learner's function"
+
+
+def test_heldout_pairs_are_measured_without_training_on_them_and_memorization_shows_as_a_gap():
+    policy, ref = tiny_model(), None
+    train = with_stored_reference(make_pairs(8, seed=1), tiny_model())
+    heldout = with_stored_reference(make_pairs(8, seed=2), tiny_model())
+    before = copy.deepcopy(policy.state_dict())
+    history = dpo.train_dpo(policy, ref, train, functools.partial(reference.dpo_loss, beta=0.5),
+                            config(steps=12, heldout_every=4), heldout_pairs=heldout)
+    assert [h["step"] for h in history.heldout] == [0, 4, 8, 12]
+    assert history.heldout[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)     # policy = reference at step 0
+    assert all(0.0 <= h["rewards/accuracies"] <= 1.0 for h in history.heldout)
+    assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    fig = dpo.plot_history(history)
+    labels = fig.axes[1].get_legend_handles_labels()[1]
+    assert "held-out pairs" in labels and "training batches" in labels
+
+
+def test_for_track_is_notebook_04s_recipe():
+    tiny = dpo.DPOConfig.for_track(Track("tiny", "x", "cpu", False, ""))
+    assert (tiny.beta, tiny.lr, tiny.batch_size, tiny.steps, tiny.decay, tiny.group_by_prompt) == \
+        (0.15, 6e-4, 96, 300, True, True)

@@ -97,8 +97,8 @@ def test_frontier_plot_and_table_show_every_method():
     points = [{"method": m, "setting": s, "step": st, "kl": kl, "gold": g} for m, s, st, kl, g in [
         ("DPO", "beta=0.1", 0, 0.0, 0.5), ("DPO", "beta=0.1", 50, 4.0, 0.8),
         ("PPO", "kl_coef=0.05", 10, 3.0, 0.7), ("best-of-n", "n=4", 0, 0.64, 0.65)]]
-    ax = frontier.plot_frontier(points, base={"gold": 0.5, "kl": 0.0})
-    labels = ax.get_legend_handles_labels()[1]
+    fig = frontier.plot_frontier(points, base={"gold": 0.5, "kl": 0.0})
+    labels = fig.axes[0].get_legend_handles_labels()[1]
     assert {"DPO", "PPO", "best-of-n", "base policy"} <= set(labels)
     table = frontier.frontier_table(points)
     assert table.count("\n") == 4 and "kl_coef=0.05" in table and "0.800" in table

@@ -181,3 +181,22 @@ def test_run_ppo_starts_the_value_model_from_a_reward_model_and_the_gold_gets_a_
     assert with_text.value_model is None and hasattr(with_text, "value_head")
     for k, v in rm.state_dict().items():   # PPO trains the copy, never the reward model it optimizes
         torch.testing.assert_close(v, start[k])
+
+
+def test_ppo_raises_a_toy_reward_that_the_base_policy_meets_half_the_time(setup, prompts):
+    """The reward: the share of completion tokens in the lower half of the vocabulary (about 0.5 at the start)."""
+    policy, ref, tokenizer = setup
+    half = len(tokenizer) // 2
+
+    def lower_half_share(batch):
+        tokens = batch.input_ids[:, 1:]                                           # (B, M): entry t is token t+1
+        return ((tokens < half).float() * batch.mask).sum(-1) / batch.mask.sum(-1).clamp(min=1)   # (B,)
+
+    config = replace(SMALL, iterations=25, batch_size=32, minibatch_size=16, learning_rate=1e-2, kl_coef=0.0,
+                     temperature=1.0, eval_every=100)
+    torch.manual_seed(0)
+    history = train_ppo(policy, ref, tokenizer, lower_half_share, prompts, config, progress=False)
+    scores = history.column("score")
+    first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
+    assert 0.3 < first < 0.7, f"the toy reward should start near 0.5, got {first:.2f}"
+    assert last > first + 0.3, f"PPO did not raise the toy reward: {first:.2f} -> {last:.2f} ({scores})"
