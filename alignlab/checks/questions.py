@@ -119,7 +119,8 @@ def is_correct(question_id: str, answer) -> tuple[bool, str]:
 def multiple_choice(question_id: str, answer) -> None:
     """Check an answer: prints the explanation when right; raises AssertionError with a hint (never the answer) when wrong."""
     if answer is None or answer is Ellipsis or not normalize(answer):
-        raise AssertionError(f"{question_id}: not answered yet. Put your choice in the answer variable, e.g. answer = \"B\".")
+        raise AssertionError(f"{question_id}: not answered yet. In the answer cell above this check, set the variable "
+                             "it names to your letter as a string (e.g. \"b\") and delete the raise line.")
     correct, text = is_correct(question_id, answer)
     if not correct:
         raise AssertionError(f"{question_id}: {str(answer).strip()!r} is not the answer. Hint: {text}")
