@@ -64,3 +64,8 @@ def test_solution_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
               for o in c.outputs if o.output_type == "error"]
     print(f"{path.stem}: {seconds:.0f} s")
     assert not errors, f"{path.stem}: cell {errors[0][0]} raised {errors[0][1]}: {errors[0][2][:500]}"
+    repeated = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
+                for images in [[o.data["image/png"] for o in c.outputs if "data" in o and "image/png" in o.data]]
+                if len(images) != len(set(images))]
+    assert not repeated, (f"{path.stem}: cells {repeated} draw the same figure twice (a plot function that shows "
+                          "its figure and also returns it; return it only, and end the cell with ';')")
