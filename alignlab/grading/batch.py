@@ -3,14 +3,22 @@
 Design: each submission is autograded by its own worker process (``worker.py``) in a scratch course under
 ``runtime/work/<student>__<assignment>/`` with a private copy of a *template* gradebook (the assignment's
 source cells, made once per batch). Up to ``workers`` run at a time, each under a wall-clock timeout after
-which its whole process tree (nbgrader and the kernel) is killed. Only this parent process writes the main
-gradebook, one result at a time as they arrive: it sets the automatic scores and comments and never touches
+which its whole process tree (nbgrader and the kernel) is killed. Isolation (``sandbox()``): when the grader
+runs as root, each submission's worker and kernel run as a fresh unprivileged uid of their own, in a
+workspace owned by that uid (mode 0700) holding private copies of the submission and the template; the
+main gradebook, the template, the references, the exports and the other workspaces are root's and not
+writable (nor readable, for the runtime's files) by it, and after the submission ends every process of that
+uid is killed (daemons included). Without root the grader warns and only kills the worker's process tree.
+The references are hashed in memory before the batch and verified after every submission. Only this parent
+process writes the main gradebook, one result at a time as they arrive: it sets the automatic scores and comments and never touches
 manual scores or manual comments, so re-grading keeps every grade given in formgrader. A submission whose
 worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the others are
 unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
 """
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import multiprocessing
 import os
@@ -143,15 +151,81 @@ def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeou
         return job
 
 
+_SANDBOX: list = []
+
+
+def sandbox_status() -> str | None:
+    """None when submissions run as their own unprivileged uid here, else why they cannot (checked once)."""
+    if not _SANDBOX:
+        if os.environ.get("ALIGNLAB_NO_SANDBOX") == "1":
+            _SANDBOX.append("ALIGNLAB_NO_SANDBOX=1 is set")
+        elif not hasattr(os, "geteuid") or os.geteuid() != 0:
+            _SANDBOX.append("the grader is not running as root, so it cannot switch each submission to a uid of its own")
+        else:
+            from .worker import sandbox_problem
+            problem = sandbox_problem()
+            _SANDBOX.append(f"an unprivileged process cannot run this Python here ({problem})" if problem else None)
+    return _SANDBOX[0]
+
+
+def sandboxed() -> bool:
+    """Whether submissions run as their own unprivileged uid (the grader must be root for that)."""
+    return sandbox_status() is None
+
+
+_UIDS = itertools.count()
+UID_BASE = 200_000               # far above any real account; one uid per submission, never reused in a batch
+
+
+def _next_uid() -> int:
+    return UID_BASE + (os.getpid() % 2000) * 1000 + next(_UIDS) % 1000
+
+
+def _kill_uid(uid: int) -> None:
+    """Kill every process running as ``uid`` (the submission's kernel, its children and any daemon it left)."""
+    import psutil
+    for _ in range(3):
+        procs = []
+        for p in psutil.process_iter(["uids"]):
+            try:
+                if p.info["uids"] is not None and uid in (p.info["uids"].real, p.info["uids"].effective):
+                    p.kill()
+                    procs.append(p)
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        if not procs:
+            return
+        psutil.wait_procs(procs, timeout=5)
+
+
+def _chown_tree(path: Path, uid: int) -> None:
+    for root, dirs, files in os.walk(path):
+        os.chown(root, uid, uid)
+        for name in files:
+            os.chown(os.path.join(root, name), uid, uid)
+
+
 def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int) -> Job:
     wdir = work / f"{job.student}__{job.assignment}"
     if wdir.exists():
         shutil.rmtree(wdir)
     wdir.mkdir(parents=True)
-    spec = {"student": job.student, "assignment": job.assignment, "submission": str(job.submission),
-            "work_dir": str(wdir), "template_db": str(template_db),
-            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads}
+    # private copies: the worker (an unprivileged uid when sandboxed) never reads submitted/ or work/template.db
+    shutil.copytree(job.submission, wdir / "submission", symlinks=False,
+                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    shutil.copy(template_db, wdir / "template.db")
+    uid = _next_uid() if sandboxed() else None
+    spec = {"student": job.student, "assignment": job.assignment, "submission": str(wdir / "submission"),
+            "work_dir": str(wdir), "template_db": str(wdir / "template.db"),
+            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads, "uid": uid}
     (wdir / "job.json").write_text(json.dumps(spec))
+    if uid is not None:
+        _chown_tree(wdir, uid)
+        os.chmod(wdir, 0o700)
+        for parent in wdir.parents:              # the uid must reach its workspace: traverse (o+x), never list
+            mode = os.stat(parent).st_mode
+            if not mode & 0o001:
+                os.chmod(parent, (mode & 0o7777) | 0o001)
     start = time.perf_counter()
     proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
     proc.start()
@@ -161,11 +235,17 @@ def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeo
         proc.join(10)
         job.result = {"status": "failed", "notebooks": {},
                       "reason": f"timed out: grading took longer than {timeout:.0f} s (an endless loop?)"}
+    if uid is not None:
+        _kill_uid(uid)                            # whatever the submission left running, daemons included
+    else:
+        _kill_tree(proc.pid) if proc.is_alive() else None
     proc.close() if not proc.is_alive() else None
     job.seconds = time.perf_counter() - start
     if not job.result:
         try:
             job.result = json.loads((wdir / "result.json").read_text())
+            if not isinstance(job.result, dict):
+                raise ValueError("not a result")
         except (OSError, ValueError):
             job.result = {"status": "failed", "notebooks": {},
                           "reason": f"the grading worker crashed; see {wdir / 'worker.log'}"}
@@ -200,6 +280,28 @@ def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
         log(f"adding {missing} to the gradebook (as `make release` would)")
         release(missing, release_dir=c.work / "release-main", db_url=c.db_url, runtime=c.runtime, log=lambda *_: None)
     return db
+
+
+REFERENCES = course.REPO_ROOT / "autograder" / "references"
+
+
+def reference_hashes() -> dict[str, str]:
+    """sha256 of every reference file, computed here (the grader's memory), not read from the manifest."""
+    return {str(p.relative_to(REFERENCES)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(REFERENCES.rglob("*")) if p.is_file()}
+
+
+def lock_down(c: Course) -> None:
+    """Root-owned grading state that a submission's uid can neither write nor read (only traverse to its workspace)."""
+    os.chmod(c.runtime, 0o711)
+    os.chmod(c.work, 0o711)
+    for path in [c.work / "template.db", c.work / "template.key"] + \
+            ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []):
+        if path.exists():
+            os.chmod(path, 0o600)
+    for folder in (c.submitted, c.autograded, c.feedback_dir, c.exports, c.work / "release", c.work / "release-main"):
+        if folder.exists():
+            os.chmod(folder, 0o700)
 
 
 # ------------------------------------------------------------------ import results
@@ -250,6 +352,12 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
         return []
     c.work.mkdir(parents=True, exist_ok=True)
     template = template_gradebook(c, sorted({j.assignment for j in jobs}), log=log)
+    if sandboxed():
+        lock_down(c)
+    else:
+        log(f"WARNING: submissions are NOT isolated: {sandbox_status()}; a kernel runs as you and can "
+            "write the gradebook, the references and other workspaces (see autograder/README.md, Isolation)")
+    refs = reference_hashes()
     done = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
@@ -257,6 +365,11 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
         futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads): j for j in jobs}
         for fut in as_completed(futures):
             job = fut.result()                                   # run_one never raises
+            changed = [k for k, v in reference_hashes().items() if refs.get(k) != v] + \
+                [k for k in refs if not (REFERENCES / k).exists()]
+            if changed:
+                raise RuntimeError(f"autograder/references changed while grading ({changed[:3]}, after "
+                                   f"{job.student}/{job.assignment}): stopped; restore them with git checkout")
             try:
                 import_result(c, job)
             except Exception as exc:                             # one bad result must not stop the batch

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
-from nbformat.notebooknode import NotebookNode
+from nbformat.notebooknode import NotebookNode, from_dict
 from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
 from traitlets import Integer, List
@@ -109,14 +109,15 @@ class RobustOverwriteCells(OverwriteCells):
         source_ids = [c.name for c in source_nb.source_cells]
         solution_ids = {c.name for c in source_nb.solution_cells}
         for grade_cell in sorted(source_nb.grade_cells, key=lambda g: source_ids.index(g.name)):
-            present = {c.metadata.nbgrader["grade_id"]: i for i, c in enumerate(nb.cells)
-                       if (utils.is_grade(c) or utils.is_solution(c)) and "grade_id" in c.metadata.get("nbgrader", {})}
+            present = {c["metadata"]["nbgrader"]["grade_id"]: i for i, c in enumerate(nb.cells)
+                       if (utils.is_grade(c) or utils.is_solution(c))
+                       and "grade_id" in c.get("metadata", {}).get("nbgrader", {})}
             if grade_cell.name in present:
                 continue
             self.log.warning("Missing grade cell %s: adding it back", grade_cell.name)
             source_cell = source_nb.source_cells[source_ids.index(grade_cell.name)]
-            new = self.missing_cell_transform(source_cell, grade_cell.max_score,
-                                              is_solution=grade_cell.name in solution_ids)
+            new = from_dict(self.missing_cell_transform(source_cell, grade_cell.max_score,
+                                                        is_solution=grade_cell.name in solution_ids))
             before = [present[s] for s in source_ids[:source_ids.index(grade_cell.name)] if s in present]
             nb.cells.insert(max(before) + 1 if before else len(nb.cells), new)
         return nb, resources

@@ -64,6 +64,39 @@ def edited_locked_cell(nb):
     return nb
 
 
+# A kernel that attacks the grader and the other students: it finds the main grading runtime above its own
+# folder, tries to open for writing (without changing a byte) the main gradebook, the template gradebook and a
+# reference file, to create a file in the runtime, to kill the grading parents above its own worker, and it
+# leaves a daemon behind. Every success is recorded in <runtime>/pwned.txt; the sandbox must stop them all.
+DAEMON_MARK = "alignlab-adversarial-daemon"
+TAMPER = CORRECT + '''
+import os, signal, subprocess, sys
+from pathlib import Path
+_main = next((p for p in Path.cwd().parents if (p / "work").is_dir() and (p / "gradebook.db").exists()), None)
+_won = []
+def _try(what, fn):
+    try:
+        fn()
+        _won.append(what)
+    except Exception:
+        pass
+if _main is not None:
+    import alignlab
+    _refs = next((Path(alignlab.__file__).parents[1] / "autograder" / "references").glob("*.json"))
+    for _t in (_main / "gradebook.db", _main / "work" / "template.db", _refs):
+        _try(str(_t), lambda: open(_t, "ab").close())
+    _try("create", lambda: (_main / "created-by-kernel").write_text("x"))
+    import psutil
+    for _p in psutil.Process().parents()[1:]:
+        if "pytest" not in " ".join(_p.cmdline()):          # (a real attacker would not spare the grade process)
+            _try(f"kill {_p.pid}", lambda: os.kill(_p.pid, 0))
+    if _won:
+        (_main / "pwned.txt").write_text("\\n".join(_won))
+subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "%s"], start_new_session=True,
+                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+''' % DAEMON_MARK
+
+
 def mangled(nb):
     return b'{"cells": [{"cell_type": "code", "source": "def log_softmax(x'   # a truncated upload
 
@@ -90,6 +123,9 @@ CASES = [
     Case("adv_nan_results", with_solution("import torch\n\ndef log_softmax(logits):\n"
                                           "    return torch.full_like(logits.float(), float('nan'))\n"),
          0.0, r"(?i)nan"),
+    Case("adv_tamper_with_grader", with_solution(TAMPER), 1.0),
+    Case("adv_calls_hidden_check", with_solution(
+        CORRECT + "from alignlab import checks\nchecks.log_softmax(log_softmax, hidden=True)\n"), 1.0),
     Case("adv_mangled_file", mangled, 0.0, r"not a readable notebook", status="failed"),
 ]
 
