@@ -129,3 +129,34 @@ def test_a_student_cell_calling_a_hidden_check_gets_feedback(graded):
     page = graded.course.feedback_dir / "adv_calls_hidden_check" / ASSIGNMENT / f"{ASSIGNMENT}.html"
     assert page in graded.feedback and page.exists()
     assert (graded.course.feedback_dir / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.html").exists()
+
+
+def test_grades_csv_quotes_a_student_id_with_separators(tmp_path):
+    """grades.csv is written with the csv module: an id with , ; and " stays one field (nbgrader's own export
+    joined fields by hand and broke the row)."""
+    import csv
+    from alignlab.grading import results
+    from alignlab.grading.release import nbgrader_env
+    nbgrader_env()
+    c = batch.Course(runtime=tmp_path / "runtime")
+    evil = 'a;b,"c'
+    with c.gradebook() as gb:
+        gb.update_or_create_assignment("00_getting_started")
+        gb.update_or_create_student(evil, first_name='Ann, "the" first')
+    path = results.export(c)[0]
+    rows = list(csv.reader(path.open(newline="")))
+    assert rows[0] == results.GRADES_COLUMNS and len(rows) == 2
+    assert len(rows[1]) == len(rows[0]) and rows[1][3] == evil and rows[1][5] == 'Ann, "the" first'
+
+
+def test_zip_entries_nbgrader_would_drop_are_reported(tmp_path):
+    """Ids "." and ".." (and names without an id) from an LMS zip are reported, not silently dropped."""
+    import zipfile
+    archive = tmp_path / "lms.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for name in ("alice_00_getting_started.ipynb", ".._00_getting_started.ipynb",
+                     "._00_getting_started.ipynb", "notes.ipynb"):
+            z.writestr(name, "{}")
+    bad = batch.unusable_zip_entries(archive)
+    assert len(bad) == 3 and not any(b.startswith("alice") for b in bad)
+    assert any("'..'" in b for b in bad) and any("'.'" in b for b in bad)

@@ -92,7 +92,26 @@ def collect(c: Course, assignments=None, students=None) -> list[Job]:
     return jobs
 
 
-def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAULT_ZIP_REGEXP, log=print) -> None:
+def unusable_zip_entries(zip_path: Path, regexp: str = DEFAULT_ZIP_REGEXP) -> list[str]:
+    """Notebooks of an LMS zip that nbgrader's zip_collect would drop silently: the file name gives a student id
+    that cannot be a folder ("." or "..", or holding a path separator), or does not match ``regexp`` at all."""
+    import re
+    import zipfile
+    bad = []
+    with zipfile.ZipFile(zip_path) as z:
+        for name in z.namelist():
+            if not name.endswith(".ipynb") or "__MACOSX" in name:
+                continue
+            m = re.match(regexp, "/archive/" + name.split("/")[-1])
+            sid = m.group("student_id") if m else None
+            if sid is None:
+                bad.append(f"{name}: its name does not match the pattern (no student id)")
+            elif sid in (".", "..") or "/" in sid or "\\" in sid or not sid.strip():
+                bad.append(f"{name}: student id {sid!r} cannot be a folder name")
+    return bad
+
+
+def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAULT_ZIP_REGEXP, log=print) -> list[str]:
     """Unpack an LMS download (zip of notebooks named per student) into submitted/ with nbgrader's zip_collect."""
     archive = c.runtime / "downloaded" / assignment / "archive"
     archive.mkdir(parents=True, exist_ok=True)
@@ -106,6 +125,10 @@ def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAUL
     if out.returncode != 0:
         raise RuntimeError(f"nbgrader zip_collect failed:\n{out.stdout}\n{out.stderr}")
     log(f"collected {zip_path} into {c.submitted}")
+    bad = unusable_zip_entries(zip_path, regexp)
+    for problem in bad:
+        log(f"WARNING: NOT collected, grade it by hand: {problem}")
+    return bad
 
 
 # ------------------------------------------------------------------ run the workers

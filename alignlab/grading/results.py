@@ -63,14 +63,39 @@ def feedback(c, pairs: list[tuple[str, str]], log=print) -> list[Path]:
     return written
 
 
+GRADES_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name", "first_name", "email",
+                  "raw_score", "late_submission_penalty", "score", "max_score"]
+
+
+def export_grades_csv(gb, dest: Path) -> None:
+    """nbgrader's CsvExportPlugin's grades.csv (same columns and rows), written with the csv module's quoting:
+    nbgrader joins fields with "," by hand, so a student id or name holding , ; or " broke the row."""
+    from nbgrader.api import MissingEntry
+    with open(dest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(GRADES_COLUMNS)
+        for assignment in gb.assignments:
+            for student in gb.students:
+                row = {"assignment": assignment.name, "duedate": assignment.duedate, "student_id": student.id,
+                       "last_name": student.last_name, "first_name": student.first_name, "email": student.email,
+                       "max_score": assignment.max_score}
+                try:
+                    sub = gb.find_submission(assignment.name, student.id)
+                except MissingEntry:
+                    row.update(timestamp="", raw_score=0.0, late_submission_penalty=0.0, score=0.0)
+                else:
+                    penalty = sub.late_submission_penalty
+                    row.update(timestamp=sub.timestamp, raw_score=sub.score, late_submission_penalty=penalty,
+                               score=max(0.0, sub.score - (penalty or 0.0)))
+                writer.writerow(["" if row[k] is None else str(row[k]) for k in GRADES_COLUMNS])
+
+
 def export(c, jobs: list | None = None) -> list[Path]:
     """grades.csv (nbgrader's export: totals incl. manual grades) and, for a batch, grades_detail.csv."""
-    from nbgrader.plugins import CsvExportPlugin
-
     c.exports.mkdir(parents=True, exist_ok=True)
     out = [c.exports / "grades.csv"]
     with c.gradebook() as gb:
-        CsvExportPlugin(to=str(out[0])).export(gb)
+        export_grades_csv(gb, out[0])
     if jobs:
         rows = [summary_row(j) for j in jobs]
         keys = list(dict.fromkeys(k for r in rows for k in r if k != "reasons")) + ["reasons"]
