@@ -198,24 +198,53 @@ def test_implicit_rewards_must_be_detached():
     def attached(pc, pr, rc, rr, beta):
         h = (pc - rc) - (pr - rr)
         return -torch.nn.functional.logsigmoid(beta * h).mean(), beta * (pc - rc), beta * (pr - rr)
-    checks.dpo_loss(attached)   # values are right: the public check passes
-    assert "detached" in message_of(checks.dpo_loss, attached, hidden=True)
+    # issue 13: a hidden convention is graded publicly too, so "passed" in public means the hidden check will agree
+    assert "detached" in message_of(checks.dpo_loss, attached)
 
 
 def test_bfloat16_logits_must_be_computed_in_float32():
     def low(logits, input_ids):
         return torch.log_softmax(logits[:, :-1], -1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-    checks.token_logprobs(low)   # float32 inputs: fine
-    message = message_of(checks.token_logprobs, low, hidden=True)
+    message = message_of(checks.token_logprobs, low)      # a public case has bfloat16 logits (issue 13)
     assert "low precision" in message
 
 
-def test_the_contract_s_errors_are_required_in_hidden_checks():
+def test_the_contract_s_errors_are_required_publicly_and_only_where_the_docstring_states_them():
+    """Issue 13: no hidden conventions. masked_mean's docstring states the ValueError: its public check asks for it;
+    last_token_index's and best_of_n_kl's docstrings do not: no case grades their input validation at all."""
     def no_error(x, mask):
         mask = mask.to(x.dtype)
         return (x * mask).sum() / mask.sum()
-    checks.masked_mean(no_error)
-    assert "expected your function to raise ValueError" in message_of(checks.masked_mean, no_error, hidden=True)
+    assert "expected your function to raise ValueError" in message_of(checks.masked_mean, no_error)
+    from alignlab.checks._core import load_cases
+    raising = {e.name for e in EXERCISES.values() for c in load_cases(e) if c.raises}
+    assert not raising & {"last_token_index", "best_of_n_kl"}
+    assert all(not c.hidden for e in EXERCISES.values() for c in load_cases(e) if c.raises)
+
+
+def test_hidden_conventions_are_graded_publicly_too():
+    """Issue 13: a convention a hidden case grades (upcast from bfloat16, stable log-sigmoid, eval mode) has a
+    public case, so a public "passed" means the hidden cases of the same conventions are likely to pass."""
+    def naive_pairwise(chosen_rewards, rejected_rewards, margin=0.0):
+        return -torch.log(torch.sigmoid(chosen_rewards - rejected_rewards - margin)).mean()
+    assert "large gaps" in message_of(checks.pairwise_reward_loss, naive_pairwise)
+
+    def train_mode_copy(policy):
+        import copy
+        return copy.deepcopy(policy).requires_grad_(False)
+    assert "training mode" in message_of(checks.make_reference, train_mode_copy)
+
+
+def test_masked_whiten_does_not_grade_values_outside_the_mask():
+    """Issue 13: TRL's masked_whiten leaves values at masked positions; ours zeroes them. Both pass."""
+    def trl(x, mask, shift_mean=True):
+        mask = mask.to(x.dtype)
+        mean = (x * mask).sum() / mask.sum()
+        var = ((x - mean) ** 2 * mask).sum() / (mask.sum() - 1)
+        out = (x - mean) * torch.rsqrt(var + 1e-8)
+        return out if shift_mean else out + mean
+    checks.masked_whiten(trl)
+    checks.masked_whiten(trl, hidden=True)
 
 
 def test_learner_warnings_and_stderr_never_reach_stderr(capfd):

@@ -72,6 +72,7 @@ class Exercise:
     mistakes: list[Mistake] = field(default_factory=list)
     extra: Callable[[Case, tuple], str | None] | None = None  # further contract checks; returns a message or None
     hint: str = ""                              # one line shown with every failure
+    only_on_mask: str | None = None             # argument whose 0 entries mark output positions that are not graded
 
     @property
     def single(self) -> bool:

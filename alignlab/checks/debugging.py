@@ -73,7 +73,7 @@ def make_reference(fn, hidden: bool = False) -> None:
     """Check ``fn(policy)`` returns a frozen copy: equal weights, separate storage, no gradient, eval mode."""
     seeds = (0, 1, 2) if hidden else (0,)
     for seed in seeds:
-        policy = _model(seed).train() if hidden else _model(seed)
+        policy = _model(seed).train()       # public too: "in eval mode" must be checked on a policy in training mode
         before = {k: v.clone() for k, v in policy.state_dict().items()}
         reference = _call("make_reference", fn, policy)
         if reference is policy or (isinstance(reference, torch.nn.Module) and _shares_storage(policy, reference)):

@@ -47,7 +47,7 @@ def _mean_cases() -> list[Case]:
              hidden=True),
         Case("gradient: masked positions receive none", {"x": randn(g, 3, 5, shift=1.0), "mask": m.float()}, hidden=True, grad=("x",)),
         Case("an all-zero mask raises ValueError (nothing to average)", {"x": randn(g, 2, 3), "mask": torch.zeros(2, 3, dtype=torch.long)},
-             hidden=True, raises="ValueError"),
+             raises="ValueError"),
     ]
 
 
@@ -142,8 +142,9 @@ EXERCISES = [
     Exercise("kl_penalized_rewards", build=_kl_cases, mistakes=MISTAKES["kl_penalized_rewards"],
              hint="-kl_coef * (logprobs - ref_logprobs) on masked tokens, 0 elsewhere, plus the score at each row's last masked token."),
     Exercise("masked_mean", build=_mean_cases, mistakes=MISTAKES["masked_mean"], hint="sum(x * mask) / sum(mask)."),
-    Exercise("masked_whiten", build=_whiten_cases, mistakes=MISTAKES["masked_whiten"],
-             hint="(x - mean) / sqrt(var + 1e-8) over masked entries, unbiased variance, 0 outside the mask; shift_mean=False adds the mean back."),
+    Exercise("masked_whiten", build=_whiten_cases, mistakes=MISTAKES["masked_whiten"], only_on_mask="mask",
+             hint="(x - mean) / sqrt(var + 1e-8) over masked entries, unbiased variance; shift_mean=False adds the mean back. "
+                  "Values outside the mask are not graded (0, or x's own as in TRL)."),
     Exercise("gae_advantages", outputs=("advantages", "returns"), build=_gae_cases, mistakes=MISTAKES["gae_advantages"],
              hint="backwards: delta_t = r_t + gamma V_{t+1} - V_t, A_t = delta_t + gamma lam A_{t+1}, V = 0 after the last masked token."),
     Exercise("ppo_policy_loss", outputs=("loss", "clip_fraction"), build=_policy_cases, mistakes=MISTAKES["ppo_policy_loss"],

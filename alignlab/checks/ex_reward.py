@@ -20,7 +20,6 @@ def _last_cases() -> list[Case]:
         Case("a batch of one whose only token is last", {"attention_mask": spans(4, [(3, 4)])}, hidden=True),
         Case("a row of a single token at position 0", {"attention_mask": spans(3, [(0, 1), (0, 3)])}, hidden=True),
         Case("six rows of length 64, mixed padding", {"attention_mask": spans(64, long_rows)}, hidden=True),
-        Case("a row without any 1 raises ValueError", {"attention_mask": spans(4, [(0, 2), (0, 0)])}, hidden=True, raises="ValueError"),
     ]
 
 
@@ -33,7 +32,7 @@ def _pairwise_cases() -> list[Case]:
         Case("a margin per pair, shape (4,)", {"chosen_rewards": randn(g, 4, scale=2.0), "rejected_rewards": randn(g, 4, scale=2.0),
                                                "margin": randn(g, 4).abs()}),
         Case("large gaps (about 1000): log(sigmoid) overflows",
-             {"chosen_rewards": torch.tensor([-600.0, 400.0, 3.0]), "rejected_rewards": torch.tensor([500.0, -600.0, -1.0])}, hidden=True),
+             {"chosen_rewards": torch.tensor([-600.0, 400.0, 3.0]), "rejected_rewards": torch.tensor([500.0, -600.0, -1.0])}),
         Case("a float margin", {"chosen_rewards": randn(g, 3), "rejected_rewards": randn(g, 3), "margin": 0.5}, hidden=True),
         Case("a batch of one", {"chosen_rewards": randn(g, 1), "rejected_rewards": randn(g, 1)}, hidden=True),
         Case("gradient with respect to both rewards", {"chosen_rewards": randn(g, 4, scale=2.0), "rejected_rewards": randn(g, 4, scale=2.0)},
@@ -43,8 +42,7 @@ def _pairwise_cases() -> list[Case]:
 
 def _bon_cases() -> list[Case]:
     return ([Case(f"n = {n}", {"n": n}) for n in (1, 2, 4, 16)]
-            + [Case(f"n = {n}", {"n": n}, hidden=True) for n in (3, 1000, 10**6)]
-            + [Case("n = 0 raises ValueError", {"n": 0}, hidden=True, raises="ValueError")])
+            + [Case(f"n = {n}", {"n": n}, hidden=True) for n in (3, 1000, 10**6)])
 
 
 def _extra_long(case: Case, outputs: tuple) -> str | None:

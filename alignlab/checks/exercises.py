@@ -121,6 +121,10 @@ def run_check(exercise: Exercise, fn: Callable, hidden: bool = False, quiet: boo
                 _fail(exercise, case, f"expected your function to raise {case.raises}, but it returned {describe(result)}.")
             continue
         outputs = _unpack(exercise, case, result)
+        if exercise.only_on_mask:           # positions outside the mask are not graded (values nor gradient)
+            keep = case.args[exercise.only_on_mask].bool()
+            outputs = tuple(torch.where(keep, o, torch.zeros_like(o)) if isinstance(o, Tensor) and o.shape == keep.shape
+                            else o for o in outputs)
         for i, (got, expected) in enumerate(zip(outputs, case.expected)):
             _compare(exercise, case, i, got, expected)
         message = exercise.extra(case, outputs) if exercise.extra else None

@@ -200,7 +200,6 @@ MISTAKES: dict[str, list[Mistake]] = {
     "masked_whiten": [
         Mistake("biased variance", "Use the unbiased variance: divide by (number of masked entries - 1).", lambda x, m, s=True: _whiten(x, m, s, correction=0)),
         Mistake("mask ignored in mean and variance", "Compute the mean and the variance over masked entries only.", lambda x, m, s=True: _whiten(x, m, s, use_mask=False)),
-        Mistake("padding not set to 0", "Multiply the result by the mask: entries outside it are 0.", lambda x, m, s=True: _whiten(x, m, s, zero_pad=False)),
         Mistake("shift_mean ignored", "With shift_mean=False add the mean back after scaling.", lambda x, m, s=True: _whiten(x, m, True)),
         Mistake("divided by the variance", "Divide by sqrt(var + 1e-8), the standard deviation.", lambda x, m, s=True: _whiten(x, m, s, power=1.0)),
     ],

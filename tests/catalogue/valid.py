@@ -188,6 +188,15 @@ def masked_whiten__float64(x, mask, shift_mean=True):
     return out if x.dtype == torch.float64 else out.float()
 
 
+@valid("masked_whiten", "TRL's form: values outside the mask left as computed (not graded)")
+def masked_whiten__trl(x, mask, shift_mean=True):
+    mask = mask.to(x.dtype)
+    mean = (x * mask).sum() / mask.sum()
+    var = ((x - mean) ** 2 * mask).sum() / (mask.sum() - 1)
+    out = (x - mean) * torch.rsqrt(var + 1e-8)
+    return out if shift_mean else out + mean
+
+
 # ============================================================ gae_advantages
 @valid("gae_advantages", "loop over rows and steps")
 def gae_advantages__loop(rewards, values, mask, gamma, lam):

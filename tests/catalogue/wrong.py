@@ -371,15 +371,6 @@ def masked_whiten__whole_tensor_stats(x, mask, shift_mean=True):
     return (out if shift_mean else out + mean) * mask
 
 
-@wrong("masked_whiten", "padding not set to 0")
-def masked_whiten__not_zeroed(x, mask, shift_mean=True):
-    mask = mask.to(x.dtype)
-    mean = (x * mask).sum() / mask.sum()
-    var = ((x - mean) ** 2 * mask).sum() / (mask.sum() - 1)
-    out = (x - mean) * torch.rsqrt(var + 1e-8)
-    return out if shift_mean else out + mean
-
-
 @wrong("masked_whiten", "shift_mean ignored")
 def masked_whiten__shift_ignored(x, mask, shift_mean=True):
     mask = mask.to(x.dtype)
