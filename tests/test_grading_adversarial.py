@@ -160,3 +160,21 @@ def test_zip_entries_nbgrader_would_drop_are_reported(tmp_path):
     bad = batch.unusable_zip_entries(archive)
     assert len(bad) == 3 and not any(b.startswith("alice") for b in bad)
     assert any("'..'" in b for b in bad) and any("'.'" in b for b in bad)
+
+
+def test_references_are_compared_with_the_committed_tree(tmp_path, monkeypatch):
+    """The grader computes the references' hashes itself (not from the manifest a kernel could rewrite) and
+    compares them with git's blobs of HEAD: a rewritten file and its rewritten manifest are both reported."""
+    import shutil
+    import subprocess
+    if subprocess.run(["git", "-C", str(batch.course.REPO_ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout")
+    copy = tmp_path / "references"
+    shutil.copytree(batch.REFERENCES, copy)
+    monkeypatch.setattr(batch, "REFERENCES", copy)
+    victim = sorted(p for p in copy.glob("*.json") if p.name != "manifest.json")[0]
+    victim.write_text(victim.read_text() + " ")
+    (copy / "manifest.json").write_text((copy / "manifest.json").read_text() + " ")
+    assert {victim.name, "manifest.json"} <= set(batch.uncommitted_references())
+    assert batch.reference_hashes()[victim.name] != batch.hashlib.sha256(
+        (batch.course.REPO_ROOT / "autograder" / "references" / victim.name).read_bytes()).hexdigest()

@@ -314,6 +314,27 @@ def reference_hashes() -> dict[str, str]:
             for p in sorted(REFERENCES.rglob("*")) if p.is_file()}
 
 
+def uncommitted_references(hashes: dict[str, str] | None = None) -> list[str]:
+    """Reference files that differ from the committed tree (git's blob hashes of HEAD), [] outside a checkout."""
+    try:
+        out = subprocess.run(["git", "ls-tree", "-r", "HEAD", "--", "autograder/references"], cwd=course.REPO_ROOT,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0 or not out.stdout.strip():
+        return []
+    committed = {}
+    for line in out.stdout.splitlines():
+        meta, path = line.split("\t", 1)
+        committed[str(Path(path).relative_to("autograder/references"))] = meta.split()[2]
+    local = {}
+    for p in sorted(REFERENCES.rglob("*")):
+        if p.is_file():
+            data = p.read_bytes()
+            local[str(p.relative_to(REFERENCES))] = hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+    return sorted(k for k in set(committed) | set(local) if committed.get(k) != local.get(k))
+
+
 def lock_down(c: Course) -> None:
     """Root-owned grading state that a submission's uid can neither write nor read (only traverse to its workspace)."""
     os.chmod(c.runtime, 0o711)
@@ -381,6 +402,11 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
         log(f"WARNING: submissions are NOT isolated: {sandbox_status()}; a kernel runs as you and can "
             "write the gradebook, the references and other workspaces (see autograder/README.md, Isolation)")
     refs = reference_hashes()
+    changed = uncommitted_references()
+    if changed:
+        log(f"WARNING: autograder/references differs from the committed tree ({', '.join(changed[:3])}"
+            f"{' ...' if len(changed) > 3 else ''}): grading against uncommitted references; "
+            "`git checkout -- autograder/references` unless you regenerated them on purpose")
     done = []
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
