@@ -28,3 +28,5 @@ def require(path: Path, what: str) -> Path:
             "run from a checkout of the course (git clone, then `make lab`), or rebuild it with `make data`."
         )
     return Path(path)
+
+ARITHMETIC_DIR = DATA_DIR / "arithmetic"      # notebook 06: tiny char-level GPT-2 for two-digit sums (scripts/build_arithmetic.py)

@@ -348,10 +348,58 @@ def group_relative_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     return (rewards - mean) / (std + eps)
 
 
+# ------------------------------------------------- 06 RL with verifiable rewards
+def kl_estimators(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Schulman's per-token estimators of KL(policy || reference) from tokens sampled by the policy.
+
+    Shapes: all (B, T) -> (k1, k2, k3), each (B, T), 0 outside the mask.
+    Convention: log_ratio = ref_logprobs - logprobs; k1 = -log_ratio; k2 = 0.5 * log_ratio ** 2;
+    k3 = (exp(log_ratio) - 1) - log_ratio (never negative).
+    """
+    _same_2d("kl_estimators", logprobs=logprobs, ref_logprobs=ref_logprobs, mask=mask)
+    logprobs, ref_logprobs = _float(logprobs), _float(ref_logprobs)
+    m = mask.to(logprobs.dtype)
+    log_ratio = (ref_logprobs - logprobs) * m                          # (B, T), 0 outside the mask
+    k1 = -log_ratio
+    k2 = 0.5 * log_ratio ** 2
+    k3 = (torch.exp(log_ratio) - 1) - log_ratio
+    return k1 * m, k2 * m, k3 * m
+
+
+GRPO_AGGREGATIONS = ("sequence_mean", "token_mean", "constant")
+
+
+def grpo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor, mask: Tensor,
+                     clip_range: float, aggregation: str = "sequence_mean") -> Tensor:
+    """GRPO's clipped surrogate with one advantage per sequence, aggregated three ways.
+
+    Shapes: logprobs, old_logprobs, mask (B, T); advantages (B,) -> loss ().
+    Per token: l = max(-A * ratio, -A * clip(ratio, 1-c, 1+c)), ratio = exp(logprobs - old_logprobs).
+    aggregation "sequence_mean" (GRPO): mean over rows of each row's masked mean;
+    "token_mean" (DAPO): sum of l * mask / sum of mask; "constant" (Dr. GRPO): sum of l * mask / (B * T).
+    Any other aggregation raises ValueError.
+    """
+    _same_2d("grpo_policy_loss", logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
+    _expect(advantages.dim() == 1 and advantages.shape[0] == logprobs.shape[0],
+            f"grpo_policy_loss: expected advantages ({logprobs.shape[0]},), got {tuple(advantages.shape)}")
+    _expect(aggregation in GRPO_AGGREGATIONS, f"grpo_policy_loss: aggregation must be one of {GRPO_AGGREGATIONS}, got {aggregation!r}")
+    logprobs, old_logprobs, advantages = _float(logprobs), _float(old_logprobs), _float(advantages)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)                        # (B, T)
+    adv = advantages[:, None]                                         # (B, 1)
+    losses = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()
+    if aggregation == "token_mean":
+        return losses.sum() / m.sum()
+    return losses.sum() / (m.shape[0] * m.shape[1])
+
+
 __all__ = [
     "log_softmax", "bradley_terry_probability", "token_logprobs", "sequence_logprob",
     "last_token_index", "pairwise_reward_loss", "best_of_n_kl",
     "kl_penalized_rewards", "masked_mean", "masked_whiten", "gae_advantages", "ppo_policy_loss", "ppo_value_loss",
     "dpo_logits", "dpo_loss", "dpo_preference_probability", "dpo_gradient_weight",
     "cdpo_loss", "ipo_loss", "simpo_loss", "group_relative_advantages",
+    "kl_estimators", "grpo_policy_loss",
 ]

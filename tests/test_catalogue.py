@@ -133,6 +133,9 @@ def inputs(exercise):
                        (torch.tensor([-1e4, 0.0], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), 1.0, 0.5)],
         "group_relative_advantages": [(torch.rand(3, 4, generator=g(0), dtype=torch.float64), 1e-6),
                                       (torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 3.0]], dtype=torch.float64), 1e-6)],
+        "kl_estimators": [(-randn(B, T).abs(), -randn(B, T, seed=1).abs(), MASKS)],
+        "grpo_policy_loss": [(randn(B, T, scale=0.3), randn(B, T, seed=1, scale=0.3), randn(B, seed=2), MASKS, 0.2, agg)
+                             for agg in ("sequence_mean", "token_mean", "constant")],
     }[exercise]
 
 

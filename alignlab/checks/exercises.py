@@ -18,11 +18,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import ex_basics, ex_dpo, ex_ppo, ex_reward
+from . import ex_basics, ex_dpo, ex_grpo, ex_ppo, ex_reward
 from ._core import (RAISED, Case, Exercise, _quiet, call_learner, case_scale, close, describe, describe_inputs, diagnose,
                     learner_args, load_cases, reference_function, tolerances)
 
-EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_ppo, ex_dpo) for e in m.EXERCISES}
+EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
 
 
 def _fail(exercise: Exercise, case: Case, what: str, detail: str = "", diagnosis: str = "") -> None:

@@ -389,3 +389,48 @@ def group_relative_advantages__explicit(rewards, eps=1e-6):
     centred = rewards - rewards.sum(1, keepdim=True) / G
     std = torch.sqrt((centred ** 2).sum(1, keepdim=True) / (G - 1))
     return centred / (std + eps)
+
+
+# ============================================================ kl_estimators (notebook 06)
+@valid("kl_estimators", "boolean where, expm1")
+def kl_estimators__where(logprobs, ref_logprobs, mask):
+    keep = mask.bool()
+    log_r = torch.where(keep, ref_logprobs - logprobs, torch.zeros_like(logprobs))
+    return -log_r, log_r.pow(2) / 2, torch.expm1(log_r) - log_r
+
+
+@valid("kl_estimators", "from the ratio")
+def kl_estimators__ratio(logprobs, ref_logprobs, mask):
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp((ref_logprobs - logprobs) * m)
+    return (logprobs - ref_logprobs) * m, 0.5 * torch.log(ratio) ** 2, (ratio - 1 - torch.log(ratio)) * m
+
+
+# ============================================================ grpo_policy_loss (notebook 06)
+@valid("grpo_policy_loss", "min of the positive surrogates, lengths clamped")
+def grpo_policy_loss__min_form(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    m = mask.to(logprobs.dtype)
+    ratio = (logprobs - old_logprobs).exp()
+    adv = advantages.unsqueeze(1)
+    per_token = -torch.min(adv * ratio, adv * ratio.clamp(1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (per_token.sum(-1) / m.sum(-1).clamp(min=1)).mean()
+    if aggregation == "token_mean":
+        return per_token.sum() / m.sum().clamp(min=1)
+    if aggregation == "constant":
+        return per_token.sum() / m.numel()
+    raise ValueError(f"unknown aggregation {aggregation}")
+
+
+@valid("grpo_policy_loss", "dictionary of aggregations")
+def grpo_policy_loss__table(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    a = advantages[:, None].expand_as(ratio)
+    losses = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    divide = {"sequence_mean": lambda: (losses.sum(1) / m.sum(1)).mean(),
+              "token_mean": lambda: losses.sum() / m.sum(),
+              "constant": lambda: losses.sum() / (m.shape[0] * m.shape[1])}
+    if aggregation not in divide:
+        raise ValueError(aggregation)
+    return divide[aggregation]()

@@ -1089,3 +1089,101 @@ def masked_whiten__detached_stats(x, mask, shift_mean=True):
     var = (((x - mean) ** 2 * mask).sum() / (mask.sum() - 1)).item()
     out = (x - mean) / math.sqrt(var + 1e-8)
     return (out if shift_mean else out + mean) * mask
+
+
+# ============================================================ kl_estimators (notebook 06)
+@wrong("kl_estimators", "k2 without the 1/2")
+def kl_estimators__k2_no_half(logprobs, ref_logprobs, mask):
+    m = mask.to(logprobs.dtype)
+    log_r = (ref_logprobs - logprobs) * m
+    return -log_r, log_r ** 2, (torch.exp(log_r) - 1 - log_r) * m
+
+
+@wrong("kl_estimators", "k3 with the ratio inverted")
+def kl_estimators__k3_inverted(logprobs, ref_logprobs, mask):
+    m = mask.to(logprobs.dtype)
+    log_r = (ref_logprobs - logprobs) * m
+    return -log_r, 0.5 * log_r ** 2, (torch.exp(-log_r) - 1 + log_r) * m
+
+
+@wrong("kl_estimators", "not masked")
+def kl_estimators__not_masked(logprobs, ref_logprobs, mask):
+    log_r = ref_logprobs - logprobs
+    return -log_r, 0.5 * log_r ** 2, torch.exp(log_r) - 1 - log_r
+
+
+@wrong("kl_estimators", "k1 sign flipped")
+def kl_estimators__k1_sign(logprobs, ref_logprobs, mask):
+    m = mask.to(logprobs.dtype)
+    log_r = (ref_logprobs - logprobs) * m
+    return log_r, 0.5 * log_r ** 2, (torch.exp(log_r) - 1 - log_r) * m
+
+
+# ============================================================ grpo_policy_loss (notebook 06)
+@wrong("grpo_policy_loss", "always token_mean (DAPO)")
+def grpo_policy_loss__always_token_mean(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    losses = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    return losses.sum() / m.sum()
+
+
+@wrong("grpo_policy_loss", "constant divides by the lengths")
+def grpo_policy_loss__constant_by_lengths(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    losses = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()
+    return losses.sum() / m.sum()
+
+
+@wrong("grpo_policy_loss", "min instead of max")
+def grpo_policy_loss__min(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    losses = torch.minimum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()
+    if aggregation == "token_mean":
+        return losses.sum() / m.sum()
+    return losses.sum() / (m.shape[0] * m.shape[1])
+
+
+@wrong("grpo_policy_loss", "minus sign missing")
+def grpo_policy_loss__sign(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    losses = torch.maximum(adv * ratio, adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()
+    if aggregation == "token_mean":
+        return losses.sum() / m.sum()
+    return losses.sum() / (m.shape[0] * m.shape[1])
+
+
+@wrong("grpo_policy_loss", "clip on the wrong term: the log-ratio")
+def grpo_policy_loss__clip_log_ratio(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    log_ratio = logprobs - old_logprobs
+    adv = advantages[:, None]
+    losses = torch.maximum(-adv * torch.exp(log_ratio), -adv * torch.exp(torch.clamp(log_ratio, -clip_range, clip_range))) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()
+    if aggregation == "token_mean":
+        return losses.sum() / m.sum()
+    return losses.sum() / (m.shape[0] * m.shape[1])
