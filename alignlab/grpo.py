@@ -22,11 +22,11 @@ from . import reference
 
 @dataclass
 class GRPOConfig:
-    steps: int = 60                     # policy updates rounds (each: sample, verify, epochs of updates)
+    steps: int = 40                     # policy updates rounds (each: sample, verify, epochs of updates)
     prompts_per_step: int = 16          # problems per round
     group_size: int = 8                 # G completions per problem
     epochs: int = 2                     # clipped updates on each round's samples
-    learning_rate: float = 2e-3
+    learning_rate: float = 3e-4
     clip_range: float = 0.2
     aggregation: str = "sequence_mean"  # "sequence_mean" (GRPO), "token_mean" (DAPO), "constant" (Dr. GRPO)
     scale_rewards: bool = True          # divide advantages by the group std (GRPO); False: Dr. GRPO
@@ -40,7 +40,7 @@ class GRPOConfig:
     @classmethod
     def for_track(cls, track, **overrides) -> "GRPOConfig":
         """Sizes: the CPU defaults (about a minute), the same on the GPU track, smallest under the grader."""
-        cfg = cls(steps=track.pick(cpu=60, grading=4), prompts_per_step=track.pick(cpu=16, grading=4),
+        cfg = cls(steps=track.pick(cpu=40, grading=3), prompts_per_step=track.pick(cpu=16, grading=4),
                   eval_every=track.pick(cpu=10, grading=2), eval_problems=track.pick(cpu=200, grading=40))
         return replace(cfg, **overrides)
 
