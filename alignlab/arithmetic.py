@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from transformers import GPT2LMHeadModel
+
+from .paths import ARITHMETIC_DIR, require
 
 VOCAB = list("0123456789+=") + ["<eos>", "<pad>", "<bos>", "?"]
 STOI = {s: i for i, s in enumerate(VOCAB)}
@@ -144,8 +147,6 @@ def pass_at_ks(model, problems: list[Problem], n: int = 16, ks=(1, 4, 16), seed:
 
 
 def load_policy(path=None):
-    from transformers import GPT2LMHeadModel
-    from .paths import ARITHMETIC_DIR, require
     model = GPT2LMHeadModel.from_pretrained(require(path or ARITHMETIC_DIR, "The arithmetic policy"))
     model.eval()
     return model
