@@ -25,6 +25,7 @@ from traitlets import Integer, List
 from .hidden import HIDDEN_BEGIN, hidden_lines, strip_ansi, strip_hidden_region
 
 GUARD_LINE = "import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()"
+RESTORE_CODE = "__import__('alignlab.grading.guard', fromlist=['restore_before_test']).restore_before_test({source!r})"
 KERNEL_DIED = "KernelDied"
 NOT_RUN = "NotRun"
 
@@ -50,6 +51,8 @@ class GradingExecute(Execute):
                 cell.outputs = [_error(NOT_RUN, f"not run: {self._stopped}")]
             return cell, resources
         try:
+            if utils.is_grade(cell) and not utils.is_solution(cell):
+                self._restore_guard(cell.source)
             return super().preprocess_cell(cell, resources, index)
         except (DeadKernelError, CellTimeoutError) as exc:
             if isinstance(exc, CellTimeoutError) and self._responsive():
@@ -65,6 +68,15 @@ class GradingExecute(Execute):
             cell.outputs.append(_error(KERNEL_DIED if isinstance(exc, DeadKernelError) else "CellTimeoutError", what))
             self.log.warning("%s; later graded cells score 0", self._stopped)
             return cell, resources
+
+    def _restore_guard(self, source: str) -> None:
+        """Undo tampering before a test cell by a request of the grader's own (not an event the cells can remove)."""
+        try:
+            self.wait_for_reply(self.kc.execute(RESTORE_CODE.format(source=source), silent=True, store_history=False))
+        except (DeadKernelError, CellTimeoutError):
+            raise
+        except Exception as exc:
+            self.log.warning("guard restore before a test cell failed: %r", exc)
 
     def _responsive(self) -> bool:
         """After a timeout: does the kernel answer a kernel_info request within the cell time limit?"""

@@ -124,6 +124,12 @@ CASES = [
                                           "    return torch.full_like(logits.float(), float('nan'))\n"),
          0.0, r"(?i)nan"),
     Case("adv_tamper_with_grader", with_solution(TAMPER), 1.0),
+    Case("adv_guard_unregistered", with_solution(
+        WRONG + "import alignlab.grading.guard as _g\nget_ipython().events.unregister('pre_run_cell', _g.restore)\n"
+        "from alignlab import checks as _c\n_c.log_softmax = lambda fn, hidden=False: None\n"), 0.0, r"AssertionError"),
+    Case("adv_torch_patched", with_solution(
+        WRONG + "import torch\ntorch.Tensor.all = lambda self, *a, **k: torch.ones((), dtype=torch.bool)\n"
+        "torch.equal = lambda *a, **k: True\n"), 0.0, r"AssertionError"),
     Case("adv_calls_hidden_check", with_solution(
         CORRECT + "from alignlab import checks\nchecks.log_softmax(log_softmax, hidden=True)\n"), 1.0),
     Case("adv_mangled_file", mangled, 0.0, r"not a readable notebook", status="failed"),
