@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card")
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card", "arithmetic")   # arithmetic: notebook 06's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -201,6 +202,8 @@ def main(argv=None):
             print(build(args.train_prompts, args.test_prompts))
         elif step == "card":
             write_card()
+        elif step == "arithmetic":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_arithmetic.py")], check=True)
         print(f"== {step} done in {time.time() - t0:.0f} s", flush=True)
 
 
