@@ -1187,3 +1187,15 @@ def grpo_policy_loss__clip_log_ratio(logprobs, old_logprobs, advantages, mask, c
     if aggregation == "token_mean":
         return losses.sum() / m.sum()
     return losses.sum() / (m.shape[0] * m.shape[1])
+
+
+@wrong("kl_estimators", "only calls the reference")
+def kl_estimators__delegates(logprobs, ref_logprobs, mask):
+    from alignlab import reference
+    return reference.kl_estimators(logprobs, ref_logprobs, mask)
+
+
+@wrong("grpo_policy_loss", "only calls the reference")
+def grpo_policy_loss__delegates(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    from alignlab import reference
+    return reference.grpo_policy_loss(logprobs, old_logprobs, advantages, mask, clip_range, aggregation)
