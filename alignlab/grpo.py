@@ -7,10 +7,9 @@ loss (``kl_in="loss"``, as GRPO) or k1 subtracted from the reward (``kl_in="rewa
 """
 from __future__ import annotations
 
-import copy
 import random
 import time
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
 import torch
@@ -18,6 +17,8 @@ from tqdm.auto import tqdm
 
 from . import arithmetic as ar
 from . import reference
+from .history import RunHistory
+from .models import frozen_copy
 
 
 @dataclass
@@ -61,20 +62,24 @@ def evaluate(model, problems) -> dict:
 
 def train_grpo(policy, train_problems, eval_problems, config: GRPOConfig, advantages_fn: Callable | None = None,
                loss_fn: Callable | None = None, kl_fn: Callable | None = None, progress: bool = True,
-               desc: str = "GRPO") -> list[dict]:
-    """Train ``policy`` in place; return the history (one dict per evaluation, plus per-step reward and length)."""
+               desc: str = "GRPO") -> RunHistory:
+    """Train ``policy`` in place; return the history.
+
+    ``history.steps``: one row per step (step, reward, sample_length, wrong_length, seconds);
+    ``history.evals``: step 0, every ``eval_every`` steps and the last (step, accuracy, length, seconds).
+    """
     advantages_fn = advantages_fn or reference.group_relative_advantages
     loss_fn = loss_fn or reference.grpo_policy_loss
     kl_fn = kl_fn or reference.kl_estimators
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
-    ref_model = copy.deepcopy(policy).eval() if config.kl_coef > 0 else None
+    ref_model = frozen_copy(policy) if config.kl_coef > 0 else None
     opt = torch.optim.Adam(policy.parameters(), lr=config.learning_rate)
     evals = eval_problems[:config.eval_problems]
-    history, start = [], time.time()
+    history, start = RunHistory(config=asdict(config)), time.time()
     policy.eval()
-    history.append({"step": 0, "seconds": 0.0, **evaluate(policy, evals)})
+    history.evals.append({"step": 0, "seconds": 0.0, **evaluate(policy, evals)})
     bar = tqdm(range(1, config.steps + 1), desc=desc, disable=not progress, leave=False)
     for step in bar:
         problems = rng.sample(train_problems, config.prompts_per_step)
@@ -106,23 +111,22 @@ def train_grpo(policy, train_problems, eval_problems, config: GRPOConfig, advant
         row = {"step": step, "reward": rewards.mean().item(), "sample_length": mask.sum(1).mean().item()}
         wrong = rewards.view(-1) == 0
         row["wrong_length"] = mask.sum(1)[wrong].mean().item() if wrong.any() else float("nan")
-        if step % config.eval_every == 0 or step == config.steps:
-            row.update(evaluate(policy, evals))
-            bar.set_postfix(acc=f"{row['accuracy']:.2f}", reward=f"{row['reward']:.2f}")
         row["seconds"] = time.time() - start
-        history.append(row)
+        history.steps.append(row)
+        if step % config.eval_every == 0 or step == config.steps:
+            history.evals.append({"step": step, **evaluate(policy, evals), "seconds": time.time() - start})
+            bar.set_postfix(acc=f"{history.final['accuracy']:.2f}", reward=f"{row['reward']:.2f}")
+    history.seconds = time.time() - start
     return history
 
 
-def plot_runs(runs: dict[str, list[dict]]):
+def plot_runs(runs: dict[str, RunHistory]):
     """Held-out greedy accuracy and the mean length of sampled completions, one line per run."""
     import matplotlib.pyplot as plt
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
     for name, h in runs.items():
-        ev = [r for r in h if "accuracy" in r]
-        a.plot([r["step"] for r in ev], [r["accuracy"] for r in ev], marker="o", label=name)
-        tr = [r for r in h if "sample_length" in r]
-        b.plot([r["step"] for r in tr], [r["wrong_length"] for r in tr], label=name, alpha=0.8)
+        a.plot(h.column("step", evals=True), h.column("accuracy", evals=True), marker="o", label=name)
+        b.plot(h.column("step"), h.column("wrong_length"), label=name, alpha=0.8)
     a.set(xlabel="GRPO step", ylabel="held-out greedy accuracy", title="Accuracy")
     b.set(xlabel="GRPO step", ylabel="tokens (with <eos>)", title="Mean length of wrong sampled answers")
     a.legend()

@@ -73,7 +73,8 @@ def test_a_short_grpo_run_raises_accuracy(aggregation):
     model = ar.load_policy()
     h = train_grpo(model, train, test, GRPOConfig(steps=12, eval_every=12, eval_problems=100, aggregation=aggregation),
                    progress=False)
-    assert h[-1]["accuracy"] > h[0]["accuracy"] + 0.1, (h[0], h[-1])
+    assert h.final["accuracy"] > h.evals[0]["accuracy"] + 0.1, (h.evals[0], h.final)
+    assert [r["step"] for r in h.steps] == list(range(1, 13)) and [e["step"] for e in h.evals] == [0, 12]
 
 
 @pytest.mark.parametrize("kl_in", ["loss", "reward"])
@@ -81,7 +82,7 @@ def test_the_kl_term_runs_both_ways(kl_in):
     train, test = ar.split_problems()
     h = train_grpo(ar.load_policy(), train, test, GRPOConfig(steps=2, eval_every=2, eval_problems=20, kl_coef=0.1,
                                                                kl_in=kl_in, scale_rewards=kl_in == "loss"), progress=False)
-    assert len(h) == 3 and 0 <= h[-1]["accuracy"] <= 1
+    assert len(h.steps) == 2 and len(h.evals) == 2 and 0 <= h.final["accuracy"] <= 1
 
 
 def test_for_track_is_smallest_under_the_grader():
