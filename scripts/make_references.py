@@ -1,7 +1,8 @@
 """Regenerate the checks' reference outputs: `make references` (or `python scripts/make_references.py [--out DIR]`).
 
-For every exercise, build its fixed cases from seeds (alignlab/checks/ex_*.py),
-run alignlab.reference on them in float64, and store under autograder/references/:
+For every exercise, build its fixed public cases from seeds (alignlab/checks/ex_*.py),
+run alignlab.reference on them in float64, and store under autograder/references/
+(hidden cases are never stored: the checks build them from the grader's seed):
 
 - NAME.safetensors: the inputs as the learner receives them, the expected outputs
   (float64), the gradient weights and the expected gradients;
@@ -19,69 +20,20 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import save as save_tensors
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from alignlab import paths  # noqa: E402
-from alignlab.checks._core import MANIFEST, Case, Exercise, generator, randn, reference_function  # noqa: E402
+from alignlab.checks._core import MANIFEST, Exercise, encode_cases, solve  # noqa: E402
 from alignlab.checks.exercises import EXERCISES  # noqa: E402
 
 
-def _as64(v):
-    return v.double() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-
-
-def _entry(key: str, value, tensors: dict) -> dict:
-    """Store a tensor under key and point to it, or keep a plain value in the JSON."""
-    if isinstance(value, torch.Tensor):
-        tensors[key] = value.detach().contiguous()
-        return {"tensor": key}
-    return {"value": value}
-
-
 def build_exercise(exercise: Exercise) -> tuple[bytes, bytes]:
-    """The (json, safetensors) bytes of one exercise."""
-    reference = reference_function(exercise.name)
-    tensors: dict[str, torch.Tensor] = {}
-    cases = []
-    for i, case in enumerate(exercise.build()):
-        args = {k: _as64(v) for k, v in case.args.items()}
-        for name in case.grad:
-            args[name] = args[name].clone().requires_grad_(True)
-        if case.raises:
-            try:
-                reference(*args.values())
-            except Exception as error:
-                assert case.raises in [k.__name__ for k in type(error).__mro__], (exercise.name, case.name, error)
-            else:
-                raise AssertionError(f"{exercise.name}: the reference does not raise {case.raises} on '{case.name}'")
-            cases.append({"name": case.name, "hidden": case.hidden, "grad": [], "raises": case.raises,
-                          "args": [[k, _entry(f"{i}.arg.{k}", v, tensors)] for k, v in case.args.items()], "outputs": []})
-            continue
-        result = reference(*args.values())
-        outputs = list(result) if isinstance(result, tuple) else [result]
-        record = {
-            "name": case.name, "hidden": case.hidden, "grad": list(case.grad),
-            "args": [[k, _entry(f"{i}.arg.{k}", v, tensors)] for k, v in case.args.items()],
-            "outputs": [_entry(f"{i}.out.{j}", _as64(o.detach()) if isinstance(o, torch.Tensor) else float(o), tensors)
-                        for j, o in enumerate(outputs)],
-        }
-        if case.scale is not None:
-            record["scale"] = case.scale
-        if case.grad:
-            out = outputs[exercise.grad_output]
-            weight = case.grad_weight
-            if weight is None:
-                weight = randn(generator(10_000 + i), *out.shape, dtype=torch.float64) if out.dim() else torch.ones((), dtype=torch.float64)
-            grads = torch.autograd.grad((out * weight).sum(), [args[n] for n in case.grad])
-            record["grad_weight"] = _entry(f"{i}.grad_weight", weight, tensors)["tensor"]
-            record["expected_grads"] = {n: _entry(f"{i}.grad.{n}", gr.double(), tensors)["tensor"] for n, gr in zip(case.grad, grads)}
-        cases.append(record)
-    meta = json.dumps({"exercise": exercise.name, "cases": cases}, indent=1, sort_keys=False) + "\n"
-    return meta.encode(), save_tensors(dict(sorted(tensors.items())))
+    """The (json, safetensors) bytes of one exercise's public cases (hidden ones are never stored)."""
+    cases = solve(exercise, exercise.build())
+    return encode_cases(exercise, [c for c in cases if not c.hidden])
 
 
 def make_references(out_dir: Path) -> dict[str, str]:

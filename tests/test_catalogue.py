@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from alignlab import checks, reference
+from alignlab.checks._core import PRACTICE_SEED
 from alignlab.checks.mistakes import MISTAKES
 from catalogue import cell_source, load_cell, slug
 from catalogue.valid import VALID
@@ -81,6 +82,33 @@ def test_a_valid_alternative_still_passes_after_the_round_trip_through_a_cell(ex
     name, fn = VALID[exercise][0]
     loaded = load_cell(cell_source(fn), exercise)
     assert verdict(exercise, loaded, hidden=False) is None
+
+
+# ------------------------------------------------------------------ whatever seed the grader holds
+# Hidden cases are built from the grader's seed (never stored), so every verdict must hold for any seed:
+# a valid answer never loses points on an unlucky draw, a wrong one never keeps them on a lucky one.
+GRADER_SEEDS = (1, 20_261_202, 987_654_321)
+
+
+@pytest.fixture(scope="module", params=GRADER_SEEDS, ids=lambda s: f"seed{s}")
+def grader_seed(request):
+    checks.exercises.prepare_hidden(request.param)
+    try:
+        yield request.param
+    finally:
+        checks.exercises.prepare_hidden(PRACTICE_SEED)
+
+
+@pytest.mark.parametrize("exercise,label,fn", entries(VALID))
+def test_valid_alternative_keeps_its_points_whatever_the_grader_s_seed(exercise, label, fn, grader_seed):
+    message = verdict(exercise, fn, hidden=True)
+    assert message is None, f"{exercise}: with grader seed {grader_seed} the hidden check rejects a valid '{label}':\n{message}"
+
+
+@pytest.mark.parametrize("exercise,label,fn", entries(WRONG))
+def test_wrong_implementation_loses_its_points_whatever_the_grader_s_seed(exercise, label, fn, grader_seed):
+    message = verdict(exercise, fn, hidden=False) or verdict(exercise, fn, hidden=True)
+    assert message is not None, f"{exercise}: with grader seed {grader_seed} the checks accept the wrong '{label}'"
 
 
 # ------------------------------------------------------------------ the catalogue itself, without the checks

@@ -88,6 +88,51 @@ def test_delegating_to_the_reference_scores_nothing(name):
         assert f"alignlab.reference.{name}" in message and "scores nothing" in message
 
 
+def _profiler_off(name):
+    def fn(*args):
+        import sys
+        saved = sys.getprofile()
+        sys.setprofile(None)
+        try:
+            return getattr(reference, name)(*args)
+        finally:
+            sys.setprofile(saved)
+    return fn
+
+
+def _copied_code(name):
+    import types
+    original = getattr(reference, name)
+    clone = types.FunctionType(original.__code__.replace(co_name="mine"), original.__globals__, "mine",
+                               original.__defaults__)
+
+    def fn(*args):
+        return clone(*args)
+    return fn
+
+
+def _in_a_thread(name):
+    import threading
+
+    def fn(*args):
+        out = []
+        worker = threading.Thread(target=lambda: out.append(getattr(reference, name)(*args)))
+        worker.start()
+        worker.join()
+        return out[0]
+    return fn
+
+
+@pytest.mark.parametrize("evasion", [_profiler_off, _copied_code, _in_a_thread], ids=["setprofile(None)", "copied __code__", "a thread"])
+@pytest.mark.parametrize("name", ["log_softmax", "dpo_loss", "masked_whiten", "group_relative_advantages"])
+def test_delegation_that_hides_from_the_profiler_still_scores_nothing(name, evasion):
+    """Issue 13: switching the profiler off, calling a copy of the reference's code, or calling it from a thread."""
+    import sys
+    message = message_of(getattr(checks, name), evasion(name))
+    assert "scores nothing" in message, message
+    assert sys.getprofile() is None
+
+
 def test_calling_the_reference_of_an_earlier_exercise_is_allowed():
     def dpo_loss(pc, pr, rc, rr, beta):
         h = reference.dpo_logits(pc, pr, rc, rr)

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from alignlab import checks, paths, reference
-from alignlab.checks._core import MANIFEST, ReferenceDataError, load_cases
+from alignlab.checks._core import (HIDDEN_SEED_ENV, MANIFEST, PRACTICE_SEED, ReferenceDataError, build_hidden,
+                                   hidden_cases, load_cases)
 from alignlab.checks.exercises import EXERCISES
 
 SCRIPT = paths.REPO_ROOT / "scripts" / "make_references.py"
@@ -66,13 +67,59 @@ def test_the_manifest_lists_every_file_and_nothing_is_pickled():
 
 def test_every_exercise_has_public_and_hidden_cases_and_gradients_where_asked():
     for name, exercise in EXERCISES.items():
-        cases = load_cases(exercise)
-        assert any(not c.hidden for c in cases) and any(c.hidden for c in cases), name
-        for case in cases:
+        public, hidden = load_cases(exercise), hidden_cases(exercise)
+        assert public and hidden, name
+        assert not any(c.hidden for c in public) and all(c.hidden for c in hidden), name
+        for case in public + hidden:
             assert set(case.expected_grads) == set(case.grad), (name, case.name)
             if not case.raises:
                 assert case.expected, (name, case.name)
                 assert all(not isinstance(o, torch.Tensor) or o.dtype in (torch.float64, torch.long) for o in case.expected)
+
+
+def test_no_hidden_case_is_stored_in_the_repository():
+    """The committed references hold public cases only: no hidden input or expected output to look up."""
+    for name, exercise in EXERCISES.items():
+        meta = json.loads((paths.REFERENCE_DIR / f"{name}.json").read_text())
+        assert not any(c["hidden"] for c in meta["cases"]), f"{name}.json stores a hidden case"
+        stored = {c.name for c in load_cases(exercise)}
+        assert not stored & {c.name for c in hidden_cases(exercise)}, name
+
+
+def _values(cases):
+    return [v for c in cases for v in c.args.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+
+
+def test_the_grader_s_seed_draws_other_hidden_inputs_with_the_same_structure():
+    for name, exercise in EXERCISES.items():
+        practice, graded = build_hidden(exercise, PRACTICE_SEED), build_hidden(exercise, 987_654_321)
+        assert [c.name for c in practice] == [c.name for c in graded], name
+        for a, b in zip(practice, graded):
+            assert [(k, getattr(v, "shape", None), getattr(v, "dtype", type(v))) for k, v in a.args.items()] == \
+                [(k, getattr(v, "shape", None), getattr(v, "dtype", type(v))) for k, v in b.args.items()], (name, a.name)
+        random_inputs = [(x, y) for x, y in zip(_values(practice), _values(graded)) if x.numel() > 1 and x.unique().numel() > 1]
+        if random_inputs:
+            assert any(not torch.equal(x, y) for x, y in random_inputs), f"{name}: the seed changes no hidden input"
+        # Nothing of the stored public cases reappears among the grader's hidden inputs.
+        public = _values(load_cases(exercise))
+        for x in _values(graded):
+            if x.numel() > 1 and x.unique().numel() > 1:
+                assert not any(x.shape == y.shape and torch.equal(x, y) for y in public), (name, "a hidden input is stored")
+
+
+def test_prepare_hidden_reads_the_seed_from_the_environment_once_and_drops_it(monkeypatch):
+    monkeypatch.setenv(HIDDEN_SEED_ENV, "4242")
+    try:
+        assert checks.exercises.prepare_hidden() == 4242
+        assert HIDDEN_SEED_ENV not in __import__("os").environ
+        graded = hidden_cases(EXERCISES["dpo_loss"])
+        expected = build_hidden(EXERCISES["dpo_loss"], 4242)
+        assert all(torch.equal(a.args["policy_chosen_logps"], b.args["policy_chosen_logps"]) for a, b in zip(graded, expected))
+        # a learner's cell that edits the cases it was given changes nothing for the next check
+        graded[0].expected[0].add_(1.0)
+        assert torch.equal(hidden_cases(EXERCISES["dpo_loss"])[0].expected[0], expected[0].expected[0])
+    finally:
+        checks.exercises.prepare_hidden(PRACTICE_SEED)
 
 
 def test_expected_outputs_are_the_reference_in_float64():
@@ -109,7 +156,7 @@ def test_a_tampered_file_is_refused(copy_dir):
 
 def test_a_tampered_case_description_is_refused(copy_dir):
     path = copy_dir / "dpo_logits.json"
-    path.write_text(path.read_text().replace('"hidden": true', '"hidden": false'))
+    path.write_text(path.read_text().replace('"hidden": false', '"hidden": true', 1))
     with pytest.raises(ReferenceDataError, match="has been modified"):
         checks.dpo_logits(_passing_dpo_logits)
 

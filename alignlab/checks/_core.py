@@ -2,11 +2,19 @@
 
 An exercise is described by an :class:`Exercise` (its arguments, its outputs,
 how to build its fixed inputs, its known mistakes). ``scripts/make_references.py``
-builds each exercise's cases from seeds, runs ``alignlab.reference`` on them in
-float64 and stores inputs and expected outputs under ``autograder/references/``
-with a manifest of sha256 hashes. :func:`run_check` loads them back (refusing a
-missing or tampered file), calls the learner's function on every case and raises
-an ``AssertionError`` a learner can act on: which case, which input, expected
+builds each exercise's *public* cases from seeds, runs ``alignlab.reference`` on
+them in float64 and stores inputs and expected outputs under
+``autograder/references/`` with a manifest of sha256 hashes. :func:`load_cases`
+loads them back (refusing a missing or tampered file).
+
+*Hidden* cases are never stored: :func:`hidden_cases` builds them from the same
+builders with a seed of the grader's (``ALIGNLAB_HIDDEN_SEED``, read once by
+:func:`prepare_hidden` in the grading kernel before any student code runs; the
+practice seed 0 elsewhere) and solves them with the reference in float64, so
+the repository holds no hidden input or expected output to look up.
+
+:func:`call_learner` calls the learner's function and raises an
+``AssertionError`` a learner can act on: which case, which input, expected
 against got, and the named mistake when the answer matches a known one.
 """
 from __future__ import annotations
@@ -16,7 +24,9 @@ import hashlib
 import inspect
 import io
 import json
+import os
 import sys
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +34,7 @@ from typing import Any, Callable
 
 import torch
 from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from .. import paths
@@ -103,11 +114,10 @@ def _verified_bytes(directory: Path, filename: str) -> bytes:
     return data
 
 
-def load_cases(exercise: Exercise, directory: Path | None = None) -> list[Case]:
-    """The exercise's cases with their expected outputs, from verified reference files."""
-    directory = Path(directory or paths.REFERENCE_DIR)
-    meta = json.loads(_verified_bytes(directory, f"{exercise.name}.json"))
-    tensors = load_tensors(_verified_bytes(directory, f"{exercise.name}.safetensors"))
+def decode_cases(meta_bytes: bytes, tensor_bytes: bytes) -> list[Case]:
+    """Cases from their stored form (what :func:`encode_cases` writes)."""
+    meta = json.loads(meta_bytes)
+    tensors = load_tensors(tensor_bytes)
 
     def value(entry):
         return tensors[entry["tensor"]] if "tensor" in entry else entry["value"]
@@ -122,6 +132,134 @@ def load_cases(exercise: Exercise, directory: Path | None = None) -> list[Case]:
             expected_grads={k: tensors[v] for k, v in c.get("expected_grads", {}).items()},
         ))
     return cases
+
+
+def load_cases(exercise: Exercise, directory: Path | None = None) -> list[Case]:
+    """The exercise's public cases with their expected outputs, from verified reference files."""
+    directory = Path(directory or paths.REFERENCE_DIR)
+    cases = decode_cases(_verified_bytes(directory, f"{exercise.name}.json"),
+                         _verified_bytes(directory, f"{exercise.name}.safetensors"))
+    if any(c.hidden for c in cases):
+        raise ReferenceDataError(f"{directory / exercise.name}.json holds hidden cases, which are never stored; "
+                                 "regenerate the references with `make references`.")
+    return cases
+
+
+def _as64(v):
+    return v.double() if isinstance(v, Tensor) and v.is_floating_point() else v
+
+
+def solve(exercise: Exercise, cases: list[Case]) -> list[Case]:
+    """Fill every case's expected outputs (and gradients) from ``alignlab.reference``, in float64; return them.
+
+    A case that expects an exception must make the reference raise it. The gradient weight of a case
+    without one is drawn from ``generator(10_000 + i)``, ``i`` the case's index in ``cases``.
+    """
+    reference = reference_function(exercise.name)
+    for i, case in enumerate(cases):
+        args = {k: _as64(v) for k, v in case.args.items()}
+        for name in case.grad:
+            args[name] = args[name].clone().requires_grad_(True)
+        if case.raises:
+            try:
+                reference(*args.values())
+            except Exception as error:
+                if case.raises not in [k.__name__ for k in type(error).__mro__]:
+                    raise ReferenceDataError(f"{exercise.name}: the reference raises {error!r} on '{case.name}', "
+                                             f"not {case.raises}") from None
+            else:
+                raise ReferenceDataError(f"{exercise.name}: the reference does not raise {case.raises} on '{case.name}'")
+            case.expected, case.grad = [], ()
+            continue
+        result = reference(*args.values())
+        outputs = list(result) if isinstance(result, tuple) else [result]
+        case.expected = [_as64(o.detach()) if isinstance(o, Tensor) else float(o) for o in outputs]
+        if case.grad:
+            out = outputs[exercise.grad_output]
+            if case.grad_weight is None:
+                case.grad_weight = (randn(generator(10_000 + i), *out.shape, dtype=torch.float64) if out.dim()
+                                    else torch.ones((), dtype=torch.float64))
+            grads = torch.autograd.grad((out * case.grad_weight).sum(), [args[n] for n in case.grad])
+            case.expected_grads = {n: g.double() for n, g in zip(case.grad, grads)}
+    return cases
+
+
+def encode_cases(exercise: Exercise, cases: list[Case]) -> tuple[bytes, bytes]:
+    """The stored form of solved cases: (JSON bytes, safetensors bytes). No pickle; deterministic bytes."""
+    tensors: dict[str, Tensor] = {}
+
+    def entry(key: str, value) -> dict:
+        if isinstance(value, Tensor):
+            tensors[key] = value.detach().contiguous()
+            return {"tensor": key}
+        return {"value": value}
+
+    records = []
+    for i, case in enumerate(cases):
+        record = {"name": case.name, "hidden": case.hidden, "grad": list(case.grad)}
+        if case.raises:
+            record["raises"] = case.raises
+        record["args"] = [[k, entry(f"{i}.arg.{k}", v)] for k, v in case.args.items()]
+        record["outputs"] = [entry(f"{i}.out.{j}", o) for j, o in enumerate(case.expected)]
+        if case.scale is not None:
+            record["scale"] = case.scale
+        if case.grad:
+            record["grad_weight"] = entry(f"{i}.grad_weight", case.grad_weight)["tensor"]
+            record["expected_grads"] = {n: entry(f"{i}.grad.{n}", g)["tensor"] for n, g in case.expected_grads.items()}
+        records.append(record)
+    meta = json.dumps({"exercise": exercise.name, "cases": records}, indent=1, sort_keys=False) + "\n"
+    return meta.encode(), save_tensors(dict(sorted(tensors.items())))
+
+
+# ------------------------------------------------------------------ hidden cases: built from the grader's seed
+HIDDEN_SEED_ENV = "ALIGNLAB_HIDDEN_SEED"
+PRACTICE_SEED = 0            # a learner's own hidden=True runs; the grader's seed replaces it when grading
+_SALT: list[int] = []        # the seed that generator() mixes in while hidden cases are built
+_HIDDEN: dict[str, tuple[bytes, bytes]] = {}   # exercise -> its encoded hidden cases (immutable bytes)
+_HIDDEN_SEED: list[int] = []
+
+
+@contextlib.contextmanager
+def salted(seed: int):
+    """While active, ``generator(n)`` draws from a stream that depends on both ``n`` and ``seed`` (0: just ``n``)."""
+    _SALT.append(int(seed))
+    try:
+        yield
+    finally:
+        _SALT.pop()
+
+
+def hidden_seed() -> int:
+    """The seed hidden cases are built from: the grader's (see :func:`prepare_hidden`), else the practice seed."""
+    return _HIDDEN_SEED[0] if _HIDDEN_SEED else PRACTICE_SEED
+
+
+def build_hidden(exercise: Exercise, seed: int) -> list[Case]:
+    """The exercise's hidden cases built with ``seed`` and solved with the reference in float64."""
+    with salted(seed), torch.enable_grad():
+        cases = solve(exercise, exercise.build())
+    return [c for c in cases if c.hidden]
+
+
+def hidden_cases(exercise: Exercise) -> list[Case]:
+    """Fresh copies of the exercise's hidden cases (never read from the repository)."""
+    if exercise.name not in _HIDDEN:
+        _HIDDEN[exercise.name] = encode_cases(exercise, build_hidden(exercise, hidden_seed()))
+    return decode_cases(*_HIDDEN[exercise.name])
+
+
+def prepare_hidden(exercises, seed: int | None = None) -> int:
+    """Build every exercise's hidden cases now, from ``seed`` or ``$ALIGNLAB_HIDDEN_SEED`` (then removed from the
+    environment), else the practice seed. The grading kernel calls this before any student code runs, so the
+    reference and torch are the library's own when the expected outputs are computed. Returns the seed used."""
+    if seed is None:
+        raw = os.environ.pop(HIDDEN_SEED_ENV, "")
+        seed = int(raw) if raw.strip().isdigit() else PRACTICE_SEED
+    _HIDDEN.clear()
+    _HIDDEN_SEED[:] = [int(seed)]
+    for exercise in exercises:
+        hidden_cases(exercise)
+    return int(seed)
 
 
 # ------------------------------------------------------------------ calling the learner
@@ -147,23 +285,45 @@ def _quiet():
 RAISED = object()   # what call_learner returns when the case expects an exception and fn raised it
 
 
+_PROFILE_SETTERS = (sys.setprofile, sys.settrace, threading.setprofile, threading.settrace)
+
+
+def _same_code(code, target) -> bool:
+    """``code`` is the reference's code object or a copy of it (``code.replace(...)``, ``types.CodeType``)."""
+    return code is target or (code.co_code == target.co_code and code.co_consts == target.co_consts
+                              and code.co_names == target.co_names and code.co_filename == target.co_filename)
+
+
 def call_learner(exercise: Exercise, fn: Callable, case: Case, args: list[Any]) -> Any:
-    """Call ``fn(*args)``; turn its exceptions and any delegation into AssertionErrors."""
+    """Call ``fn(*args)``; turn its exceptions and any delegation into AssertionErrors.
+
+    A profiler watches the call (and any thread it starts) for the reference of this exercise, a copy of
+    its code, or an attempt to switch the profiler off; any of them scores nothing.
+    """
     target = _code_of(reference_function(exercise.name))
-    seen = []
+    seen, tampered, armed = [], [], [True]
 
     def profiler(frame, event, arg):
-        if event == "call" and frame.f_code is target:
+        if not armed[0]:
+            return
+        if event == "call" and _same_code(frame.f_code, target):
             seen.append(True)
+        elif event == "c_call" and any(arg is f for f in _PROFILE_SETTERS):
+            tampered.append(getattr(arg, "__qualname__", repr(arg)))
 
-    previous = sys.getprofile()
+    previous, previous_threads = sys.getprofile(), threading.getprofile()
     try:
         with _quiet():
+            threading.setprofile(profiler)
             sys.setprofile(profiler)
             try:
                 result = fn(*args)
             finally:
+                if sys.getprofile() is not profiler:
+                    tampered.append("sys.setprofile")
+                armed[0] = False
                 sys.setprofile(previous)
+                threading.setprofile(previous_threads)
     except NotImplementedError:
         raise AssertionError(
             f"{exercise.name}: not implemented yet. Replace `raise NotImplementedError` with your code, "
@@ -180,6 +340,10 @@ def call_learner(exercise: Exercise, fn: Callable, case: Case, args: list[Any]) 
             f"{exercise.name}: your function calls alignlab.reference.{exercise.name}, the course's own answer, "
             "so it scores nothing. Write the computation yourself (calling the reference versions "
             "of earlier exercises is fine).")
+    if tampered:
+        raise AssertionError(
+            f"{exercise.name}: your function changes the interpreter's profiler ({tampered[0]}), which the check uses "
+            "to make sure the answer is your own computation, so it scores nothing. Remove that call.")
     return result
 
 
@@ -308,8 +472,11 @@ def describe_inputs(args: dict[str, Any]) -> str:
     return "\n".join(f"    {name} = {describe(v)}" for name, v in args.items())
 
 
-# ------------------------------------------------------------------ building cases (used by make_references)
+# ------------------------------------------------------------------ building cases (the ex_*.py builders)
 def generator(seed: int) -> torch.Generator:
+    """A fresh generator for case ``seed``; inside :func:`salted` (hidden cases), mixed with the grader's seed."""
+    if _SALT and _SALT[-1]:
+        seed = int.from_bytes(hashlib.sha256(f"{_SALT[-1]}:{seed}".encode()).digest()[:7], "big")
     return torch.Generator().manual_seed(seed)
 
 

@@ -1,7 +1,7 @@
 """One check per exercise: ``checks.NAME(fn, hidden=False)``, and ``own_or_reference`` for demonstrations.
 
-A check runs the learner's function on the exercise's stored cases (public or
-hidden), compares every output with the float64 reference within a tolerance
+A check runs the learner's function on the exercise's stored public cases (or on
+its hidden cases, built from the grader's seed and never stored), compares every output with the float64 reference within a tolerance
 that scales with the expected magnitude, checks gradients where a case asks,
 and raises an AssertionError that says which case failed, on which inputs,
 expected against got, and which known mistake the answer matches. On success
@@ -20,7 +20,8 @@ from torch import Tensor
 
 from . import ex_basics, ex_dpo, ex_grpo, ex_ppo, ex_reward
 from ._core import (RAISED, Case, Exercise, _quiet, call_learner, case_scale, close, describe, describe_inputs, diagnose,
-                    learner_args, load_cases, reference_function, tolerances)
+                    hidden_cases, learner_args, load_cases, reference_function, tolerances)
+from ._core import prepare_hidden as _prepare_hidden
 
 EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
 
@@ -112,7 +113,7 @@ def run_check(exercise: Exercise, fn: Callable, hidden: bool = False, quiet: boo
     """Run the public (or hidden) cases of one exercise; raise AssertionError on the first failure."""
     if not callable(fn):
         raise AssertionError(f"{exercise.name}: pass your function itself, for example checks.{exercise.name}({exercise.name}).")
-    cases = [c for c in load_cases(exercise) if c.hidden == hidden]
+    cases = hidden_cases(exercise) if hidden else load_cases(exercise)
     for case in cases:
         args = learner_args(case)
         result = call_learner(exercise, fn, case, args)
@@ -144,6 +145,11 @@ def _make_check(exercise: Exercise) -> Callable:
     check.__doc__ = (f"Check your `{exercise.name}`: raises AssertionError with advice, or prints one line.\n\n"
                      f"Expected: {exercise.hint}\nhidden=True runs the harder cases used for grading.")
     return check
+
+
+def prepare_hidden(seed: int | None = None) -> int:
+    """Build every exercise's hidden cases now, from the grader's seed (``$ALIGNLAB_HIDDEN_SEED``); returns it."""
+    return _prepare_hidden(EXERCISES.values(), seed)
 
 
 def own_or_reference(fn: Callable, name: str) -> Callable:

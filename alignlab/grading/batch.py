@@ -160,14 +160,16 @@ def _context():
     return _CONTEXT
 
 
-def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int = 1) -> Job:
+def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int = 1,
+            seed: int = 0) -> Job:
     """Grade one submission in a worker process; always returns, with ``job.result`` set.
 
+    ``seed``: the hidden cases' seed (see :func:`hidden_seed`; 0 is the learners' practice seed).
     ``threads``: the kernel's CPU threads (OMP_NUM_THREADS, unless already set): workers x threads should not
     exceed the cores, or torch's threads spin against each other and every submission slows down many times.
     """
     try:
-        return _run_one(job, work, template_db, timeout, cell_timeout, threads)
+        return _run_one(job, work, template_db, timeout, cell_timeout, threads, seed)
     except Exception as exc:                                     # e.g. the scratch folder cannot be made
         job.result = {"status": "failed", "notebooks": {},
                       "reason": f"the grader could not run this submission: {type(exc).__name__}: {exc}"}
@@ -228,7 +230,8 @@ def _chown_tree(path: Path, uid: int) -> None:
             os.chown(os.path.join(root, name), uid, uid)
 
 
-def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int) -> Job:
+def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int,
+             seed: int = 0) -> Job:
     wdir = work / f"{job.student}__{job.assignment}"
     if wdir.exists():
         shutil.rmtree(wdir)
@@ -240,7 +243,8 @@ def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeo
     uid = _next_uid() if sandboxed() else None
     spec = {"student": job.student, "assignment": job.assignment, "submission": str(wdir / "submission"),
             "work_dir": str(wdir), "template_db": str(wdir / "template.db"),
-            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads, "uid": uid}
+            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads, "uid": uid,
+            "hidden_seed": seed}
     (wdir / "job.json").write_text(json.dumps(spec))
     if uid is not None:
         _chown_tree(wdir, uid)
@@ -306,6 +310,30 @@ def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
 
 
 REFERENCES = course.REPO_ROOT / "autograder" / "references"
+HIDDEN_SEED_FILE = "hidden_seed"
+
+
+def hidden_seed(c: Course) -> int:
+    """The seed the hidden cases are built from: ``$ALIGNLAB_HIDDEN_SEED`` (give every grader of a course the same),
+    else ``runtime/hidden_seed``, drawn once at random and kept there (git-ignored, mode 0600), so a re-grade
+    meets the same hidden cases. It never enters the repository, which holds no hidden case at all."""
+    from alignlab.checks._core import HIDDEN_SEED_ENV
+    raw = os.environ.get(HIDDEN_SEED_ENV, "").strip()
+    if raw:
+        if not raw.isdigit():
+            raise SystemExit(f"{HIDDEN_SEED_ENV}={raw!r}: give a non-negative integer (or unset it)")
+        return int(raw)
+    path = c.runtime / HIDDEN_SEED_FILE
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        import secrets
+        seed = 1 + secrets.randbelow(2 ** 62)
+        c.runtime.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{seed}\n")
+        return seed
 
 
 def reference_hashes() -> dict[str, str]:
@@ -339,7 +367,7 @@ def lock_down(c: Course) -> None:
     """Root-owned grading state that a submission's uid can neither write nor read (only traverse to its workspace)."""
     os.chmod(c.runtime, 0o711)
     os.chmod(c.work, 0o711)
-    for path in [c.work / "template.db", c.work / "template.key"] + \
+    for path in [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] + \
             ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []):
         if path.exists():
             os.chmod(path, 0o600)
@@ -396,6 +424,7 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
         return []
     c.work.mkdir(parents=True, exist_ok=True)
     template = template_gradebook(c, sorted({j.assignment for j in jobs}), log=log)
+    seed = hidden_seed(c)
     if sandboxed():
         lock_down(c)
     else:
@@ -411,7 +440,7 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-        futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads): j for j in jobs}
+        futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads, seed): j for j in jobs}
         for fut in as_completed(futures):
             job = fut.result()                                   # run_one never raises
             now = reference_hashes()

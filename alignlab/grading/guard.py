@@ -140,9 +140,12 @@ def _shell():
 
 
 def install() -> None:
-    """Import the checks, snapshot them, and restore them before every cell. Never raises."""
+    """Import the checks, build the hidden cases from the grader's seed, snapshot the checks, and restore them
+    before every cell. Never raises."""
     try:
         import alignlab.checks  # noqa: F401
+        from alignlab.checks.exercises import prepare_hidden
+        prepare_hidden()          # the hidden cases, from the grader's seed, while torch and the reference are pristine
         try:
             import alignlab.reference  # noqa: F401
         except Exception:

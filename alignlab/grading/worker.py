@@ -197,6 +197,8 @@ def run_job(job_file: str) -> int:
                           TMPDIR=str(home), XDG_CACHE_HOME=str(home / ".cache"), MPLCONFIGDIR=str(home / ".mpl"),
                           JUPYTER_RUNTIME_DIR=str(home / ".jupyter-runtime"), IPYTHONDIR=str(home / ".ipython"))
         os.chdir(home)
+    from alignlab.checks._core import HIDDEN_SEED_ENV
+    os.environ[HIDDEN_SEED_ENV] = str(int(job.get("hidden_seed") or 0))   # the kernel's guard reads it, then drops it
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):        # the kernel inherits them: workers share the cores
         os.environ.setdefault(var, str(job.get("threads", 1)))
     result_path = Path(job["work_dir"]) / "result.json"
