@@ -32,8 +32,10 @@ def _release(args) -> int:
 
 
 def _course(args):
+    import os
     from .batch import Course
-    return Course(runtime=args.runtime, db_url=args.db_url)
+    # --db-url, else ALIGNLAB_DB_URL, else SQLite in the runtime folder (with --runtime too, as --help says)
+    return Course(runtime=args.runtime, db_url=args.db_url or os.environ.get("ALIGNLAB_DB_URL") or None)
 
 
 def _grade(args) -> int:

@@ -42,6 +42,18 @@ def default_db_url(root: Path | str = REPO_ROOT) -> str:
     return os.environ.get("ALIGNLAB_DB_URL") or f"sqlite:///{runtime_dir(root) / 'gradebook.db'}"
 
 
+def engine_url(url: str) -> str:
+    """``url`` as SQLAlchemy should get it: ``postgresql://`` (and ``postgres://``) means SQLAlchemy's default
+    PostgreSQL driver, psycopg 3 from SQLAlchemy 2.1 on; where only psycopg2 is installed (the dev extras'
+    psycopg2-binary) the driver is named, ``postgresql+psycopg2://``. Other URLs are returned unchanged."""
+    import importlib.util
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
+            and importlib.util.find_spec("psycopg2") is not None:
+        return f"postgresql+psycopg2://{rest}"
+    return "postgresql://" + rest if sep and scheme == "postgres" else url
+
+
 def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db_url: str | None = None,
           cell_timeout: int = CELL_TIMEOUT_S) -> None:
     """Write the course settings into the traitlets config ``c`` (what ``get_config()`` returns).
@@ -68,8 +80,8 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
     c.CourseDirectory.autograded_directory = str(runtime / "autograded")
     c.CourseDirectory.feedback_directory = str(runtime / "feedback")
     c.CourseDirectory.solution_directory = str(runtime / "solution")
-    c.CourseDirectory.db_url = db_url or (f"sqlite:///{runtime / 'gradebook.db'}" if runtime != runtime_dir(root)
-                                          else default_db_url(root))
+    c.CourseDirectory.db_url = engine_url(db_url or (f"sqlite:///{runtime / 'gradebook.db'}"
+                                                     if runtime != runtime_dir(root) else default_db_url(root)))
     if c.CourseDirectory.db_url.startswith("sqlite:///"):
         # SQLite creates the file but not its folder: a fresh clone has no autograder/runtime/ yet, and
         # formgrader (or `nbgrader db ...`) would answer every request with an error 500 without it.
