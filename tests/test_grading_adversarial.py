@@ -50,6 +50,16 @@ def test_the_redefined_check_is_reported_in_the_graded_notebook(graded):
     assert "original checks were restored" in text
 
 
+def test_the_hidden_cases_come_from_the_grader_s_seed_not_the_repository(graded):
+    """The kernel built its hidden cases from the course's seed (runtime/hidden_seed), not the practice seed."""
+    from alignlab.grading.batch import HIDDEN_SEED_FILE
+    seed = int((graded.course.runtime / HIDDEN_SEED_FILE).read_text())
+    assert seed != 0
+    nb = nbformat.read(graded.course.autograded / "adv_looks_up_references" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", 4)
+    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"HIDDEN SEED {seed}" in printed, printed[:2000]
+
+
 def test_huge_output_is_truncated_in_the_graded_notebook(graded):
     path = graded.course.autograded / "adv_huge_output" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
     assert path.stat().st_size < 2_000_000, f"{path} is {path.stat().st_size} bytes"

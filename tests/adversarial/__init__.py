@@ -97,6 +97,35 @@ subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)", "%s"], s
 ''' % DAEMON_MARK
 
 
+# A lookup instead of an answer: it finds its input among the committed reference files and returns the stored
+# output, and it prints the seed its kernel builds the hidden cases from. The public cases are stored, so they
+# pass; the hidden ones are not (built from the grader's seed), so the lookup fails them and scores nothing.
+LOOKUP = '''import json, torch
+from pathlib import Path
+from safetensors.torch import load_file
+import alignlab
+from alignlab.checks._core import hidden_seed
+print("HIDDEN SEED", hidden_seed())
+_dir = Path(alignlab.__file__).parents[1] / "autograder" / "references"
+_table = []
+for _meta in _dir.glob("*.json"):
+    if _meta.name == "manifest.json":
+        continue
+    _t = load_file(str(_meta.with_suffix(".safetensors")))
+    for _c in json.loads(_meta.read_text())["cases"]:
+        _args = [_t[v["tensor"]] for _, v in _c["args"] if "tensor" in v]
+        _outs = [_t[o["tensor"]] for o in _c["outputs"] if "tensor" in o]
+        if len(_args) == 1 and _outs:
+            _table.append((_args[0], _outs[0]))
+
+def log_softmax(logits):
+    for x, y in _table:
+        if x.shape == logits.shape and x.dtype == logits.dtype and torch.equal(x, logits):
+            return y.float()
+    return torch.zeros_like(logits.float())
+'''
+
+
 def mangled(nb):
     return b'{"cells": [{"cell_type": "code", "source": "def log_softmax(x'   # a truncated upload
 
@@ -132,6 +161,7 @@ CASES = [
         "torch.equal = lambda *a, **k: True\n"), 0.0, r"AssertionError"),
     Case("adv_calls_hidden_check", with_solution(
         CORRECT + "from alignlab import checks\nchecks.log_softmax(log_softmax, hidden=True)\n"), 1.0),
+    Case("adv_looks_up_references", with_solution(LOOKUP), 0.0, r"hidden case"),
     Case("adv_mangled_file", mangled, 0.0, r"not a readable notebook", status="failed"),
 ]
 
