@@ -41,8 +41,7 @@ lab: setup
 	$(BIN)/jupyter lab --notebook-dir=notebooks --port=$(PORT) $(ROOT_ARGS) $(LAB_ARGS)
 
 test: setup
-	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
-	  echo "note: Chromium is missing, so the browser tests will be skipped; enable them with: sudo apt-get install chromium (.ci/run does this)"
+	@bash scripts/system_packages.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 release: setup

@@ -34,7 +34,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.browser]
 def _need_browser():
     pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium; .ci/run does this)")
+        pytest.skip("Debian's chromium is not installed; enable the browser tests with: sudo apt-get install chromium (make test does this as root)")
 
 
 def _free_port() -> int:
