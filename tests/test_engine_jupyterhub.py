@@ -20,7 +20,6 @@ Everything is torn down at the end: the hub, the proxy and every single-user ser
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import secrets
