@@ -211,13 +211,23 @@ def grade_class(runtime: Path, template_from: Path | None = None) -> batch.Cours
 
 
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory):
+def graded():
     """The class graded against PostgreSQL (via ALIGNLAB_DB_URL) and, for comparison, against SQLite."""
+    # Not pytest's tmp_path: a pytest session starting meanwhile (another test run on this machine) resets
+    # /tmp/pytest-of-<user> to 0700, and the sandboxed submissions' uids could then not reach their workspaces.
+    top = Path(tempfile.mkdtemp(prefix="alignlab-pg-class-"))
+    try:
+        yield grade_both(top)
+    finally:
+        shutil.rmtree(top, ignore_errors=True)
+
+
+def grade_both(top: Path) -> dict:
     with postgres_server() as url, pytest.MonkeyPatch.context() as mp:
         mp.setenv("ALIGNLAB_DB_URL", url)
         mp.setenv("ALIGNLAB_HIDDEN_SEED", "20261202")    # both gradebooks' classes meet the same hidden cases
-        pg_runtime = tmp_path_factory.mktemp("pg") / "runtime"
-        release_dir = tmp_path_factory.mktemp("release")
+        pg_runtime = top / "pg" / "runtime"
+        release_dir = top / "release"
         assert course.default_db_url() == url
         # the default course settings (what nbgrader_config.py applies) read ALIGNLAB_DB_URL: no db_url given
         # (every assignment, as `make release` does; a fresh SQLite gradebook starts from all of them too)
@@ -238,7 +248,7 @@ def graded(tmp_path_factory):
                                            "JOIN student st ON a.student_id = st.id ORDER BY st.id, c.name"),
                     "assignments": pg_rows(url, "SELECT name FROM assignment ORDER BY name")}
         mp.delenv("ALIGNLAB_DB_URL")
-        sqlite_runtime = tmp_path_factory.mktemp("sqlite") / "runtime"
+        sqlite_runtime = top / "sqlite" / "runtime"
         sq_course = grade_class(sqlite_runtime, template_from=pg_runtime)
         sq_state = {"snapshot": snapshot(sq_course), "csv": grades_csv(sq_course)}
     return {"url": url, "pg": pg_state, "sqlite": sq_state, "sqlite_url": sq_course.db_url}
