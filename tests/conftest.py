@@ -1,11 +1,19 @@
 """Shared test settings: one torch thread (the tests use tiny tensors; threads only contend), no hub access."""
 import os
+import socket
 
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 torch.set_num_threads(1)
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1, for a server a test starts (JupyterLab, JupyterHub, PostgreSQL)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def save_gpt2_shaped(folder, texts, vocab_size: int, n_layer: int = 2, n_embd: int = 16, n_positions: int = 32):

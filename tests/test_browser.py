@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 from alignlab.grading.release import completed_student_notebook
 
@@ -37,17 +38,12 @@ def _need_browser():
         pytest.skip("Debian's chromium is not installed; enable the browser tests with: sudo apt-get install chromium (make test does this as root)")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture
 def lab(tmp_path):
     """A JupyterLab server on a free port, rooted at the course (so formgrader reads its nbgrader config)."""
     _need_browser()
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                ALIGNLAB_TRACK="tiny", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     proc = subprocess.Popen(

@@ -25,7 +25,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -51,11 +52,6 @@ def _need_jupyterhub():
             or not (BIN / "jupyterhub-singleuser").exists():
         pytest.skip('JupyterHub is not installed: pip install -e ".[grading,dev]"')
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(**extra) -> dict:
@@ -261,7 +257,7 @@ def hub():
 
 def _run_hub(tmp: Path):
     _course_copy(tmp / "home" / INSTRUCTOR)
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     token = secrets.token_hex(32)
     hub_dir = _write_configs(tmp, *ports, token)
     log = hub_dir / "jupyterhub.log"

@@ -25,7 +25,6 @@ import os
 import pwd
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
+from conftest import free_port
 
 from adversarial.grading_batch import wrong_notebook
 from alignlab.grading import __main__ as cli
@@ -73,11 +74,6 @@ def server_user():
     pytest.skip("running as root, and there is no unprivileged `postgres` or `nobody` account to run "
                 f"PostgreSQL as ({ENABLE} creates `postgres`)")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

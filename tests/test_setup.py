@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -58,15 +59,10 @@ def test_ci_runs_the_readme_test_command():
     assert "make test" in readme and "make lab" in readme
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks():
-    port = _free_port()
+    port = free_port()
     args = f"LAB_ARGS=--no-browser --ServerApp.port_retries=0 --IdentityProvider.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"
     proc = subprocess.Popen(["make", "-s", "lab", f"PORT={port}", args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -32,10 +32,9 @@ def _release(args) -> int:
 
 
 def _course(args):
-    import os
     from .batch import Course
     # --db-url, else ALIGNLAB_DB_URL, else SQLite in the runtime folder (with --runtime too, as --help says)
-    return Course(runtime=args.runtime, db_url=args.db_url or os.environ.get("ALIGNLAB_DB_URL") or None)
+    return Course(runtime=args.runtime, db_url=args.db_url or course.configured_db_url())
 
 
 def _grade(args) -> int:

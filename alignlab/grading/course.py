@@ -37,9 +37,14 @@ def runtime_dir(root: Path | str = REPO_ROOT) -> Path:
     return Path(root) / RUNTIME_DIR
 
 
+def configured_db_url() -> str | None:
+    """The shared gradebook of several graders, ALIGNLAB_DB_URL (e.g. postgresql://...), when it is set."""
+    return os.environ.get("ALIGNLAB_DB_URL") or None
+
+
 def default_db_url(root: Path | str = REPO_ROOT) -> str:
     """The SQLite gradebook; ALIGNLAB_DB_URL (e.g. postgresql://...) overrides it for several graders."""
-    return os.environ.get("ALIGNLAB_DB_URL") or f"sqlite:///{runtime_dir(root) / 'gradebook.db'}"
+    return configured_db_url() or f"sqlite:///{runtime_dir(root) / 'gradebook.db'}"
 
 
 def engine_url(url: str) -> str:
