@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
+from .models import fast_forward_settings
 from .paths import ARITHMETIC_DIR, require
 
 VOCAB = list("0123456789+=") + ["<eos>", "<pad>", "<bos>", "?"]
@@ -148,5 +149,4 @@ def pass_at_ks(model, problems: list[Problem], n: int = 16, ks=(1, 4, 16), seed:
 
 def load_policy(path=None):
     model = GPT2LMHeadModel.from_pretrained(require(path or ARITHMETIC_DIR, "The arithmetic policy"))
-    model.eval()
-    return model
+    return fast_forward_settings(model).eval()
