@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import report
 from .reward_model import score_batch
 from .rewards import gold_scores
-from .rollout import sample
+from .rollout import sample_groups
 
 
 @dataclass
@@ -59,17 +59,18 @@ def best_of_n_pool(policy, tokenizer, prompts: Sequence[dict], reward_model, gol
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     proxy, golds, texts = [], [], []
-    calls = range(0, len(prompts), config.prompts_per_call)
-    for start in tqdm(calls, desc=f"sampling {config.n_max} completions per prompt", disable=not progress):
-        chunk = prompts[start:start + config.prompts_per_call]
-        repeated = [row["prompt_ids"] for row in chunk for _ in range(config.n_max)]
-        ro = sample(policy, repeated, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            generator=generator, tokenizer=tokenizer)
+    chunks = sample_groups(policy, [row["prompt_ids"] for row in prompts], config.n_max, config.max_new_tokens,
+                           temperature=config.temperature, generator=generator, tokenizer=tokenizer,
+                           prompts_per_call=config.prompts_per_call)
+    calls = math.ceil(len(prompts) / config.prompts_per_call)
+    for part in tqdm(chunks, total=calls, desc=f"sampling {config.n_max} completions per prompt",
+                     disable=not progress):
+        ro, C = part.rollout, part.count
         r = score_batch(reward_model, ro.input_ids, ro.attention_mask)                          # (C * N,)
-        _, g = gold_scores(gold, tokenizer, repeated, ro.completion_ids)                       # (C * N,)
-        proxy.append(r.view(len(chunk), config.n_max))
-        golds.append(g.view(len(chunk), config.n_max))
-        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
+        _, g = gold_scores(gold, tokenizer, part.prompt_ids, ro.completion_ids)                # (C * N,)
+        proxy.append(r.view(C, config.n_max))
+        golds.append(g.view(C, config.n_max))
+        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(C)]
     return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts,
             "prompts": [row["prompt"] for row in prompts]}
 

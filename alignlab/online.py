@@ -30,7 +30,7 @@ from .dpo import DPOConfig, completion_logps, train_dpo
 from .history import RunHistory
 from .reward_model import score_completions
 from .rewards import gold_texts
-from .rollout import sample
+from .rollout import sample_groups
 
 # labeller(prompt_ids_list, completion_ids_list, texts) -> (N,) scores, higher is better
 Labeller = Callable[[list, list, list], torch.Tensor]
@@ -92,9 +92,10 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
     """
     G = config.samples_per_prompt
-    prompt_ids = [list(p) for p in prompt_ids_list for _ in range(G)]                   # P * G prompts
-    out = sample(policy, prompt_ids, config.max_new_tokens, temperature=config.temperature,
-                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
+    (part,) = sample_groups(policy, prompt_ids_list, G, config.max_new_tokens, temperature=config.temperature,
+                            generator=generator, tokenizer=tokenizer, prompts_per_call=max(1, len(prompt_ids_list)),
+                            decode=False)
+    prompt_ids, out = part.prompt_ids, part.rollout                                     # P * G rows, by prompt
     completion_ids = [list(c) for c in out.completion_ids]
     texts = gold_texts(tokenizer, prompt_ids, completion_ids)
     scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)

@@ -35,7 +35,7 @@ import torch
 from .data import check_split, load_reviews, read_jsonl, stored_pairs, stored_prompts, write_jsonl
 from .models import load_policy, load_tokenizer
 from .rewards import gold_texts, load_gold
-from .rollout import sample
+from .rollout import sample_groups
 
 PROMPT_SEED = 1              # which reviews and prefix lengths become prompts
 SAMPLE_SEED = 2              # policy sampling
@@ -79,10 +79,9 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
     gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
     ann = np.random.RandomState(ANNOTATOR_SEED)
     rows, ends, t0 = [], [], time.time()
-    for start in range(0, len(prompts), batch_prompts):
-        chunk = prompts[start:start + batch_prompts]
-        ids = [p["prompt_ids"] for p in chunk for _ in range(SAMPLES_PER_PROMPT)]
-        ro = sample(policy, ids, max_new_tokens, temperature=1.0, generator=gen, tokenizer=tokenizer)
+    for part in sample_groups(policy, [p["prompt_ids"] for p in prompts], SAMPLES_PER_PROMPT, max_new_tokens,
+                              generator=gen, tokenizer=tokenizer, prompts_per_call=batch_prompts):
+        chunk, ids, ro = prompts[part.first:part.first + part.count], part.prompt_ids, part.rollout
         full = gold_texts(tokenizer, ids, ro.completion_ids)
         g = gold(full).double().numpy()                                           # (B,)
         logp = (ro.logprobs * ro.completion_mask[:, 1:]).sum(-1).tolist()         # (B,) summed completion log-probs
@@ -99,7 +98,7 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
                              "p_chosen": round(float(p_a if c == a else 1 - p_a), 5),
                              "ref_chosen_logp": round(logp[c], 4), "ref_rejected_logp": round(logp[r], 4)})
         if log is not None:
-            log(f"pairs: {min(start + batch_prompts, len(prompts))}/{len(prompts)} prompts "
+            log(f"pairs: {part.first + part.count}/{len(prompts)} prompts "
                 f"({time.time() - t0:.0f} s)")
     return rows, float(np.mean(ends)) if ends else 0.0
 

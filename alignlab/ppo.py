@@ -31,7 +31,7 @@ from .history import RunHistory
 from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
 from .pairs import load_prompts
 from .rewards import gold_texts, load_gold
-from .rollout import sample, sequence_token_logprobs
+from .rollout import sample, sample_groups, sequence_token_logprobs
 
 RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (B,) scores (ModelReward, TextReward)
 
@@ -319,11 +319,10 @@ def normalize_reward(reward: ModelReward, ref_model, tokenizer, prompts: Sequenc
     sampler = torch.Generator(device=next(ref_model.parameters()).device).manual_seed(config.seed + 1)
     idx = torch.randint(len(prompts), (n,), generator=gen).tolist()
     raw = []
-    for start in range(0, n, config.batch_size):
-        chunk = [prompt_ids_of(prompts[i]) for i in idx[start:start + config.batch_size]]
-        ro = sample(ref_model, chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=sampler)
-        raw.append(reward.reward_model(ro.input_ids, ro.attention_mask).float().cpu())
+    for part in sample_groups(ref_model, [prompt_ids_of(prompts[i]) for i in idx], 1, config.max_new_tokens,
+                              temperature=config.temperature, generator=sampler, tokenizer=tokenizer,
+                              prompts_per_call=config.batch_size):
+        raw.append(reward.reward_model(part.rollout.input_ids, part.rollout.attention_mask).float().cpu())
     raw = torch.cat(raw)
     return ModelReward(reward.reward_model, shift=float(raw.mean()), scale=float(raw.std().clamp(min=1e-6)))
 
