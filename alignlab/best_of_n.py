@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -116,6 +116,22 @@ def fit_gao(kl: Sequence[float], gold: Sequence[float]) -> tuple[float, float]:
     X = torch.stack([d, -d * d], dim=1)                                       # (K, 2)
     a, b = torch.linalg.lstsq(X, y[:, None]).solution[:, 0].tolist()
     return a, b
+
+
+def n_for_kl(kl_fn: Callable[[int], float], kl: float, n_max: int = 10 ** 7) -> int | None:
+    """The smallest n <= ``n_max`` with ``kl_fn(n) >= kl``, or None; ``kl_fn`` increasing in n (e.g. best_of_n_kl).
+
+    Doubling then bisection: about 2 log2(n) calls of ``kl_fn`` instead of one per n.
+    """
+    if kl_fn(n_max) < kl:
+        return None
+    low, high = 0, 1                                       # kl_fn(low) < kl (n = 0 stands for "none yet")
+    while kl_fn(high) < kl:
+        low, high = high, min(2 * high, n_max)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if kl_fn(mid) < kl else (low, mid)
+    return high
 
 
 def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None, fit: bool = True):

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibrate import calibration, machine_line  # noqa: E402
 
 
 def run(notebook: Path, grading: bool, track: str | None) -> dict:
@@ -33,16 +33,6 @@ def run(notebook: Path, grading: bool, track: str | None) -> dict:
     return json.loads(lines[-1])
 
 
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        import torch
-        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    except Exception:
-        gpu = "unknown"
-    return f"{os.cpu_count()} cores {cpu}, {gpu}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="notebook names to run")
@@ -54,6 +44,8 @@ def main() -> None:
     notebooks = sorted((ROOT / "solutions").glob("*/*.ipynb"))
     if args.only:
         notebooks = [n for n in notebooks if n.stem in args.only]
+    before = calibration()
+    print(f"{machine_line()}; calibration before: {json.dumps(before)}", flush=True)
     rows = []
     for nb in notebooks:
         rows.append(run(nb, grading=False, track=args.track))
@@ -61,12 +53,15 @@ def main() -> None:
         if not args.skip_grading:
             rows.append(run(nb, grading=True, track=None))
             print(json.dumps(rows[-1]), flush=True)
-    report = {"date": dt.date.today().isoformat(), "machine": machine(), "rows": rows}
+    after = calibration()
+    report = {"date": dt.date.today().isoformat(), "machine": machine_line(),
+              "calibration": {"before": before, "after": after}, "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = Path(args.out) if args.out else RESULTS / f"{'gpu' if 'no GPU' not in report['machine'] else 'cpu'}.json"
     out.write_text(json.dumps(report, indent=1))
 
-    print(f"\n{report['date']}, {report['machine']}\n")
+    print(f"\n{report['date']}, {report['machine']}")
+    print(f"calibration (benchmarks/calibrate.py) before / after: {json.dumps(before)} / {json.dumps(after)}\n")
     print("| notebook | run (s) | peak memory (MB) | grading mode (s) |")
     print("| --- | ---: | ---: | ---: |")
     full = {r["notebook"]: r for r in rows if not r["grading"]}

@@ -1,4 +1,5 @@
-"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, dataset card.
+"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, notebook 03's
+reward models, dataset card.
 
     .venv/bin/python scripts/build_world.py                  # everything (`make data`)
     .venv/bin/python scripts/build_world.py --only pairs,card
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card", "arithmetic")   # arithmetic: notebook 06's world
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "card", "arithmetic")   # arithmetic: notebook 06's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -200,6 +201,8 @@ def main(argv=None):
         elif step == "pairs":
             from build_pairs import build
             print(build(args.train_prompts, args.test_prompts))
+        elif step == "reward_models":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_reward_models.py")], check=True)
         elif step == "card":
             write_card()
         elif step == "arithmetic":
