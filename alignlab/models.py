@@ -260,6 +260,22 @@ class PolicyWithValue(nn.Module):
         shift, scale = getattr(value_from, "shift", 0.0), getattr(value_from, "scale", 1.0)
         return cls(policy, value_model, shift, scale).to(device)
 
+    def hidden_and_values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        """(the policy's last hidden states (B, T, H), values (B, T)): ``forward`` before the vocabulary projection.
+
+        For a caller that needs log-probabilities at a few positions only: project those with
+        ``self.policy.lm_head`` (on a small model the projection onto the vocabulary is over half the work).
+        """
+        check_batch(self.policy.config, input_ids)
+        position_ids = position_ids_from_mask(attention_mask)
+        hidden = self.policy.transformer(input_ids=input_ids, attention_mask=attention_mask,
+                                         position_ids=position_ids).last_hidden_state   # (B, T, H)
+        if self.value_model is not None:
+            values = (self.value_model.scores_at_every_position(input_ids, attention_mask) - self.shift) / self.scale
+        else:
+            values = self.value_head(hidden).squeeze(-1).float()
+        return hidden, values                                                     # (B, T, H), (B, T)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         check_batch(self.policy.config, input_ids)
         position_ids = position_ids_from_mask(attention_mask)

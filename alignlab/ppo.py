@@ -91,14 +91,35 @@ def forward_logprobs_values(policy, input_ids, attention_mask, temperature, mask
     logprobs = gather(log_softmax(logits / temperature)) of the next tokens: the logits are divided
     by the sampling temperature, so these are the log-probs of the distribution the tokens were
     drawn from (otherwise the ratio is not 1 before the first update). Entropy is detached.
+    Only the positions where ``mask`` is 1 are projected onto the vocabulary (the rest of
+    ``logprobs`` is 0): on a small model that projection is most of the work, and PPO reads
+    nothing else.
     """
+    if not (hasattr(policy, "hidden_and_values") and hasattr(getattr(policy, "policy", None), "lm_head")):
+        return _forward_logprobs_values_all_positions(policy, input_ids, attention_mask, temperature, mask)
+    hidden, values = policy.hidden_and_values(input_ids, attention_mask)     # (B, T, H), (B, T)
+    keep = mask.bool()                                                        # (B, M)
+    logits = policy.policy.lm_head(hidden[:, :-1][keep]).float()             # (N, V) the masked positions only
+    if temperature != 1.0:
+        logits = logits / temperature
+    normalizer = logits.logsumexp(-1)                                         # (N,)
+    picked = logits.gather(-1, input_ids[:, 1:][keep][:, None]).squeeze(-1) - normalizer  # (N,)
+    logprobs = torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)                                 # (N, V)
+        entropy = (normalizer - (probs * logits).sum(-1)).mean() if len(picked) else picked.sum()   # ()
+    return logprobs, values[:, :-1].float(), entropy
+
+
+def _forward_logprobs_values_all_positions(policy, input_ids, attention_mask, temperature, mask):
+    """``forward_logprobs_values`` for any ``policy(input_ids, attention_mask) -> (logits, values)``."""
     logits, values = policy(input_ids, attention_mask)                        # (B, T, V), (B, T)
     logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)   # (B, M, V)
     logprobs = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)           # (B, M)
     with torch.no_grad():
         entropy = -(logp.exp() * logp).sum(-1)                                # (B, M)
         entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)            # ()
-    return logprobs, values[:, :-1].float(), entropy
+    return logprobs * mask, values[:, :-1].float(), entropy
 
 
 def prompt_ids_of(prompt) -> list[int]:
