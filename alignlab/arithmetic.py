@@ -18,7 +18,7 @@ from transformers import GPT2LMHeadModel
 
 from .models import fast_forward_settings
 from .paths import ARITHMETIC_DIR, require
-from .rollout import one_thread
+from .rollout import cache_kwarg, cache_of
 
 VOCAB = list("0123456789+=") + ["<eos>", "<pad>", "<bos>", "?"]
 STOI = {s: i for i, s in enumerate(VOCAB)}
@@ -106,11 +106,6 @@ def sample(model, problems: list[Problem], n: int = 1, temperature: float = 1.0,
 
     Completions are padded with <pad> after <eos>; rows are grouped by problem (row i*n + j).
     """
-    with one_thread():                       # many tiny decoding steps: one thread is faster (rollout.one_thread)
-        return _sample(model, problems, n, temperature, generator)
-
-
-def _sample(model, problems, n, temperature, generator) -> tuple[Tensor, Tensor]:
     prompts = torch.tensor([encode_prompt(p) for p in problems for _ in range(n)])
     ids = prompts
     done = torch.zeros(len(ids), dtype=torch.bool)
@@ -118,8 +113,8 @@ def _sample(model, problems, n, temperature, generator) -> tuple[Tensor, Tensor]
     out = []
     step_input = ids
     for _ in range(MAX_NEW):
-        res = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = res.past_key_values
+        res = model(input_ids=step_input, use_cache=True, **({cache_kwarg(model): past} if past is not None else {}))
+        past = cache_of(res)
         logits = restrict(res.logits[:, -1, :].float())
         if temperature == 0:
             nxt = logits.argmax(-1)
