@@ -37,7 +37,7 @@ RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (
 
 @dataclass
 class PPOFunctions:
-    """The six functions of notebook 03 that the loop calls (signatures: course-design section 4)."""
+    """The six functions of notebook 03 that the loop calls (signatures: docs/conventions.md)."""
 
     kl_penalized_rewards: Callable
     masked_mean: Callable

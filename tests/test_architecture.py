@@ -74,6 +74,27 @@ def test_documents_cited_by_the_docs_exist_in_the_repository():
             assert (REPO / ref.split(":")[0]).exists(), f"{doc.name} cites {ref}, which is not in the repository"
 
 
+def test_the_conventions_state_the_contract_of_every_exercise():
+    """docs/conventions.md holds one row per graded exercise, as alignlab.checks knows them."""
+    from alignlab.checks.exercises import EXERCISES
+
+    contracts = (REPO / "docs" / "conventions.md").read_text(encoding="utf-8").split("## Exercise contracts", 1)[1]
+    listed = re.findall(r"^\| \d\d \| `(\w+)` \|", contracts.split("\n## ", 1)[0], re.M)
+    assert sorted(listed) == sorted(EXERCISES), (f"docs/conventions.md's contracts: missing {sorted(set(EXERCISES) - set(listed))}, "
+                                                 f"extra or repeated {sorted(set(listed) - set(EXERCISES)) or listed}")
+
+
+def test_nothing_cites_a_design_document_outside_the_repository():
+    """What the code relies on is in docs/ (conventions.md): a citation must point at a file a reader has."""
+    cited = re.compile(r"course[- ]design\b|design,? section \d", re.I)
+    files = [REPO / "README.md", REPO / "Makefile", *REPO.glob("docs/*.md"), *REPO.glob("autograder/*.md"),
+             *(p for folder in ("alignlab", "tests", "benchmarks", "scripts", "solutions")
+               for p in (REPO / folder).rglob("*") if p.suffix in (".py", ".ipynb", ".md", ".sh"))]
+    found = [f"{f.relative_to(REPO)}: {m.group(0)!r}" for f in files if f.is_file() and f != Path(__file__).resolve()
+             for m in cited.finditer(f.read_text(encoding="utf-8", errors="replace"))]
+    assert not found, f"citations of a design document that is not in the repository (cite docs/ instead): {found}"
+
+
 def _lazy_imports(name: str) -> list[tuple[str, str]]:
     """(function, imported module) for every import inside a function of alignlab/NAME.py."""
     tree = ast.parse((PACKAGE / f"{name}.py").read_text(encoding="utf-8"))
