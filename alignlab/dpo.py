@@ -128,7 +128,7 @@ def reference_logps(reference, batch: dict, average: bool = False) -> tuple[torc
         with torch.no_grad():
             return pair_logps(reference, batch, average)
     if "ref_chosen_logps" not in batch:
-        raise ValueError("reference=None needs pairs with stored ref_chosen_logp/ref_rejected_logp; pass a frozen reference model")
+        raise ValueError("reference=None needs pairs with stored ref_chosen_logps/ref_rejected_logps; pass a frozen reference model")
     out = []
     for name in ("chosen", "rejected"):
         logps = batch[f"ref_{name}_logps"]                                              # (B,)
@@ -197,7 +197,7 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     Args:
         policy: a causal LM (GPT2LMHeadModel); only its parameters are updated.
         reference: the frozen reference model, or None to use the pairs' stored
-            ``ref_chosen_logp``/``ref_rejected_logp``. It never receives gradient.
+            ``ref_chosen_logps``/``ref_rejected_logps``. It never receives gradient.
         pairs: rows of ``alignlab.pairs.load_pairs`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ...).
         loss_fn: ``loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
             ref_rejected_logps)`` -> loss, or (loss, chosen_rewards, rejected_rewards, ...).

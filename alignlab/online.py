@@ -13,8 +13,8 @@ stays the starting policy, so the KL it reports means the same as offline DPO's.
 >>> history.final            # {"step", "round", "gold", "kl", ...}
 
 Pairs built here have the fields of ``alignlab.pairs.load_pairs`` rows that DPO
-needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logp``,
-``ref_rejected_logp``) plus ``score_chosen``/``score_rejected`` (the labeller's)
+needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logps``,
+``ref_rejected_logps``) plus ``score_chosen``/``score_rejected`` (the labeller's)
 and ``gold_chosen``/``gold_rejected`` when a gold reward is given.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     """Sample ``samples_per_prompt`` completions per prompt from ``policy``; pair each prompt's best and worst.
 
     The labeller's scores decide the pair; prompts whose samples all score the same give no pair.
-    ``ref_*_logp`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
+    ``ref_*_logps`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
     can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
     """
     G = config.samples_per_prompt
@@ -109,7 +109,7 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
         if not scores[best] > scores[worst]:
             continue                                                                    # a tie: nothing to learn
         row = {"prompt_ids": prompt_ids[best], "chosen_ids": completion_ids[best], "rejected_ids": completion_ids[worst],
-               "ref_chosen_logp": float(ref_logps[best]), "ref_rejected_logp": float(ref_logps[worst]),
+               "ref_chosen_logps": float(ref_logps[best]), "ref_rejected_logps": float(ref_logps[worst]),
                "score_chosen": float(scores[best]), "score_rejected": float(scores[worst])}
         if golds is not None:
             row.update(gold_chosen=float(golds[best]), gold_rejected=float(golds[worst]))

@@ -41,13 +41,13 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def with_stored_reference(rows, model):
-    """Copy of ``rows`` with ref_chosen_logp / ref_rejected_logp computed one row at a time under ``model``."""
+    """Copy of ``rows`` with ref_chosen_logps / ref_rejected_logps computed one row at a time under ``model``."""
     out = []
     for r in rows:
         batch = collate_pairs([r], pad_id=PAD)
         with torch.no_grad():
             c, rj = dpo.pair_logps(model.eval(), batch)
-        out.append({**r, "ref_chosen_logp": c.item(), "ref_rejected_logp": rj.item()})
+        out.append({**r, "ref_chosen_logps": c.item(), "ref_rejected_logps": rj.item()})
     return out
 
 
