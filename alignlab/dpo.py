@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -55,12 +55,12 @@ class DPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "DPOConfig":
-        """Notebook 04's recipe for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a few steps under the grader.
+        """Notebook 04's DPO recipe for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
 
         beta 0.15; a prompt's pairs share a batch (96 pairs = 16 prompts on the CPU); the learning rate is
-        warmed up, then decays linearly to 0. Override any field, e.g. ``for_track(track, beta=0.3)``.
+        warmed up, then decays linearly to 0. E.g. ``for_track(track, beta=0.3)``.
         """
-        settings = dict(
+        cfg = cls(
             beta=0.15,
             lr=track.pick(cpu=6e-4, gpu=5e-6),
             steps=track.pick(cpu=300, gpu=600, grading=6),
@@ -70,8 +70,7 @@ class DPOConfig:
             group_by_prompt=True,
             eval_every=track.pick(cpu=75, gpu=100, grading=3),
         )
-        settings.update(overrides)
-        return cls(**settings)
+        return replace(cfg, **overrides)
 
 
 DPOHistory = RunHistory  # the name notebook 04 and older code use

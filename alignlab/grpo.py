@@ -40,7 +40,10 @@ class GRPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "GRPOConfig":
-        """Sizes: the CPU defaults (about a minute), the same on the GPU track, smallest under the grader."""
+        """GRPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+
+        The GPU track keeps the CPU sizes (about a minute): the arithmetic world is tiny either way.
+        """
         cfg = cls(steps=track.pick(cpu=40, grading=3), prompts_per_step=track.pick(cpu=16, grading=4),
                   eval_every=track.pick(cpu=10, grading=2), eval_problems=track.pick(cpu=200, grading=40))
         return replace(cfg, **overrides)

@@ -64,19 +64,21 @@ class OnlineDPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "OnlineDPOConfig":
-        """Sizes for a track; ``dpo`` defaults to ``DPOConfig.for_track`` with a round's share of the steps."""
+        """Online-DPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+
+        ``dpo`` defaults to ``DPOConfig.for_track`` without warm-up; each round runs its share of its steps.
+        """
         rounds = overrides.pop("rounds", track.pick(cpu=4, gpu=5, grading=2))
         dpo = overrides.pop("dpo", None) or DPOConfig.for_track(track, warmup_steps=0)
         dpo = replace(dpo, steps=max(1, dpo.steps // rounds))
-        settings = dict(
+        cfg = cls(
             rounds=rounds,
             prompts_per_round=track.pick(cpu=128, gpu=512, grading=8),
             samples_per_prompt=track.pick(cpu=4, gpu=4, grading=2),
             max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
             dpo=dpo,
         )
-        settings.update(overrides)
-        return cls(**settings)
+        return replace(cfg, **overrides)
 
 
 OnlineHistory = RunHistory  # one row per round in ``steps``

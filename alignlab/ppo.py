@@ -161,7 +161,7 @@ class PPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "PPOConfig":
-        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        """PPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             iterations=track.pick(cpu=30, gpu=150, grading=2),
             batch_size=track.pick(cpu=64, gpu=128, grading=8),

@@ -155,6 +155,25 @@ def test_no_import_cycle_between_library_files():
         visit(name, [])
 
 
+def test_every_config_s_for_track_has_one_shape():
+    """``XConfig.for_track(track, **overrides)``: sizes from ``track.pick``, then ``replace(cfg, **overrides)``."""
+    found = []
+    for name in MODULES:
+        module = importlib.import_module(f"alignlab.{name}")
+        for cname, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ != module.__name__ or "for_track" not in vars(cls):
+                continue
+            found.append(cname)
+            fn = vars(cls)["for_track"].__func__
+            params = inspect.signature(fn).parameters
+            assert [(k, v.kind.name) for k, v in params.items()] == [("cls", "POSITIONAL_OR_KEYWORD"), (
+                "track", "POSITIONAL_OR_KEYWORD"), ("overrides", "VAR_KEYWORD")], f"{cname}.for_track's signature"
+            assert fn.__doc__ and fn.__doc__.splitlines()[0].endswith(" for ``track`` (CPU, GPU, grading); ``overrides`` "
+                                                                     "replace any field."), f"{cname}.for_track's docstring"
+            assert inspect.getsource(fn).rstrip().endswith("return replace(cfg, **overrides)"), f"{cname}.for_track's return"
+    assert len(found) >= 6, found
+
+
 def test_plot_functions_return_the_figure_and_leave_showing_to_jupyter():
     """A plot function that calls plt.show() and returns its figure draws twice in a notebook cell."""
     for name in MODULES:
