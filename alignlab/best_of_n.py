@@ -37,6 +37,7 @@ class BestOfNConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "BestOfNConfig":
+        """Best-of-n sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             n_max=track.pick(cpu=64, gpu=256, grading=4),
             n_prompts=track.pick(cpu=32, gpu=128, grading=4),

@@ -37,7 +37,7 @@ RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (
 
 @dataclass
 class PPOFunctions:
-    """The six functions of notebook 03 that the loop calls (signatures: course-design section 4)."""
+    """The six functions of notebook 03 that the loop calls (signatures: docs/conventions.md)."""
 
     kl_penalized_rewards: Callable
     masked_mean: Callable
@@ -182,7 +182,7 @@ class PPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "PPOConfig":
-        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        """PPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             iterations=track.pick(cpu=30, gpu=150, grading=2),
             batch_size=track.pick(cpu=64, gpu=128, grading=8),

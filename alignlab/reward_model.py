@@ -63,7 +63,7 @@ class RewardModelConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "RewardModelConfig":
-        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        """Reward-model training sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             steps=track.pick(cpu=200, gpu=1500, grading=8),
             batch_size=track.pick(cpu=32, gpu=64, grading=8),

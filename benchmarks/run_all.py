@@ -4,7 +4,7 @@
 
 Each notebook runs in its own process from a fresh kernel (benchmarks/run_notebook.py).
 Results go to benchmarks/results/<machine>.json and a Markdown table on stdout,
-which README quotes. Budgets (course-design section 8): 180 s and 4 GB per notebook,
+which README quotes. Budgets (docs/conventions.md): 180 s and 4 GB per notebook,
 12 min for the whole course, 40 s to autograde one notebook.
 """
 from __future__ import annotations

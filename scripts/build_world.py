@@ -157,7 +157,8 @@ Pair fields: `split`, `prompt`, `prompt_ids`, `chosen`, `chosen_ids`,
 one was sampled), `gold_chosen`, `gold_rejected` (gold P(positive) of prompt
 + completion), `p_chosen` (the true probability that an annotator prefers the
 chosen one), `ref_chosen_logp`, `ref_rejected_logp` (summed completion
-log-probs under this policy at temperature 1: DPO's reference log-probs).
+log-probs under this policy at temperature 1: DPO's reference log-probs;
+`alignlab.data.read_pairs` names them `ref_chosen_logps`, `ref_rejected_logps`).
 
 ## Seeds
 

@@ -1,7 +1,7 @@
 """Every solution notebook runs top to bottom from a fresh kernel without an error (as a learner runs it).
 
 Parametrized over the notebooks that exist. Run time and the slowest cells are printed (`pytest -s`);
-the budget (design section 8: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
+the budget (docs/conventions.md, Budgets: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
 Each run leaves the executed notebook and a line of figures (wall time, the kernel's peak memory,
 what the notebook recorded with alignlab.report.record) under build/test-artifacts/.
 """

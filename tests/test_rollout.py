@@ -132,7 +132,7 @@ def test_scoring_lets_gradients_flow():
 
 
 def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
-    """The pairs' ref_*_logp were sampled from this very policy: a stale pairs file fails here."""
+    """The pairs' ref_*_logps were sampled from this very policy: a stale pairs file fails here."""
     from alignlab.data import collate_pairs
     from alignlab.pairs import load_pairs
     policy, tok = tiny

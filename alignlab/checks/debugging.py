@@ -21,6 +21,8 @@ import math
 
 import torch
 
+from .. import reference as course_reference
+from ..data import collate_pairs
 from ._core import _quiet
 
 __all__ = ["make_reference", "dpo_training_step"]
@@ -41,8 +43,6 @@ def _model(seed: int):
 
 
 def _batch(n: int, seed: int) -> dict:
-    from ..data import collate_pairs
-
     g = torch.Generator().manual_seed(seed)
 
     def ids(lo, hi):
@@ -107,7 +107,6 @@ def make_reference(fn, hidden: bool = False) -> None:
 # ------------------------------------------------------------------ dpo_training_step
 def _expected_step(policy, reference, batch, beta: float, lr: float):
     """The loss and the policy's weights after one correct SGD step (computed on copies)."""
-    from .. import reference as course
     from ..dpo import pair_logps
 
     policy = copy.deepcopy(policy)
@@ -115,7 +114,7 @@ def _expected_step(policy, reference, batch, beta: float, lr: float):
     pc, pr = pair_logps(policy, batch)
     with torch.no_grad():
         rc, rr = pair_logps(reference, batch)
-    loss, _, _ = course.dpo_loss(pc, pr, rc, rr, beta)
+    loss, _, _ = course_reference.dpo_loss(pc, pr, rc, rr, beta)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -22,18 +22,28 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import warnings
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
+from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.utils import parse_utc
+from tqdm.auto import tqdm
+
+from ..checks._core import HIDDEN_SEED_ENV
 from . import course
+from .release import assignments as all_assignments
 from .release import make_config, nbgrader_env, release
-from .worker import run_job
+from .worker import run_job, sandbox_problem
 
 warnings.filterwarnings("ignore", module="sqlalchemy")
 warnings.filterwarnings("ignore", message=".*not in session.*")
@@ -68,11 +78,9 @@ class Course:
         self.work = self.runtime / "work"
 
     def gradebook(self):
-        from nbgrader.api import Gradebook
         return Gradebook(self.db_url, "alignlab")
 
     def has_assignment(self, name: str) -> bool:
-        from nbgrader.api import MissingEntry
         with self.gradebook() as gb:
             try:
                 gb.find_assignment(name)
@@ -95,8 +103,6 @@ def collect(c: Course, assignments=None, students=None) -> list[Job]:
 def unusable_zip_entries(zip_path: Path, regexp: str = DEFAULT_ZIP_REGEXP) -> list[str]:
     """Notebooks of an LMS zip that nbgrader's zip_collect would drop silently: the file name gives a student id
     that cannot be a folder ("." or "..", or holding a path separator), or does not match ``regexp`` at all."""
-    import re
-    import zipfile
     bad = []
     with zipfile.ZipFile(zip_path) as z:
         for name in z.namelist():
@@ -133,7 +139,6 @@ def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAUL
 
 # ------------------------------------------------------------------ run the workers
 def _kill_tree(pid: int) -> None:
-    import psutil
     try:
         parent = psutil.Process(pid)
         procs = parent.children(recursive=True) + [parent]
@@ -187,7 +192,6 @@ def sandbox_status() -> str | None:
         elif not hasattr(os, "geteuid") or os.geteuid() != 0:
             _SANDBOX.append("the grader is not running as root, so it cannot switch each submission to a uid of its own")
         else:
-            from .worker import sandbox_problem
             problem = sandbox_problem()
             _SANDBOX.append(f"an unprivileged process cannot run this Python here ({problem})" if problem else None)
     return _SANDBOX[0]
@@ -208,7 +212,6 @@ def _next_uid() -> int:
 
 def _kill_uid(uid: int) -> None:
     """Kill every process running as ``uid`` (the submission's kernel, its children and any daemon it left)."""
-    import psutil
     for _ in range(3):
         procs = []
         for p in psutil.process_iter(["uids"]):
@@ -285,8 +288,6 @@ def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
     Made once from solutions/ and reused while solutions/ is unchanged. The main gradebook gets any
     assignment it lacks the same way (a fresh SQLite gradebook is simply a copy of the template).
     """
-    import hashlib
-    from .release import assignments as all_assignments
     names = sorted(set(assignments) | set(all_assignments()))
     src = Path(c.config.CourseDirectory.source_directory)
     digest = hashlib.sha256(b"".join(p.read_bytes() for a in names for p in sorted((src / a).glob("*.ipynb"))))
@@ -317,7 +318,6 @@ def hidden_seed(c: Course) -> int:
     """The seed the hidden cases are built from: ``$ALIGNLAB_HIDDEN_SEED`` (give every grader of a course the same),
     else ``runtime/hidden_seed``, drawn once at random and kept there (git-ignored, mode 0600), so a re-grade
     meets the same hidden cases. It never enters the repository, which holds no hidden case at all."""
-    from alignlab.checks._core import HIDDEN_SEED_ENV
     raw = os.environ.get(HIDDEN_SEED_ENV, "").strip()
     if raw:
         if not raw.isdigit():
@@ -327,7 +327,6 @@ def hidden_seed(c: Course) -> int:
     try:
         return int(path.read_text().strip())
     except (OSError, ValueError):
-        import secrets
         seed = 1 + secrets.randbelow(2 ** 62)
         c.runtime.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -379,7 +378,6 @@ def lock_down(c: Course) -> None:
 # ------------------------------------------------------------------ import results
 def submission_timestamp(folder: Path):
     """The submission time from nbgrader's timestamp.txt (written by collect/zip_collect), or None."""
-    from nbgrader.utils import parse_utc
     try:
         return parse_utc((folder / "timestamp.txt").read_text().strip())
     except (OSError, ValueError):
@@ -416,8 +414,6 @@ def import_result(c: Course, job: Job) -> None:
 def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT_S,
           cell_timeout: int = course.CELL_TIMEOUT_S, progress: bool = True, log=print) -> list[Job]:
     """Autograde ``jobs`` with ``workers`` processes, importing each result into the gradebook as it arrives."""
-    from tqdm.auto import tqdm
-
     nbgrader_env()
     if not jobs:
         log(f"nothing to grade under {c.submitted}")

@@ -5,6 +5,8 @@ import csv
 from pathlib import Path
 
 import nbformat
+from nbgrader.api import MissingEntry
+from nbgrader.apps import NbGraderAPI
 
 from .hidden import HIDDEN_BEGIN, HIDDEN_END, _public_lines, hidden_lines, html_text, leaks
 from .release import nbgrader_env
@@ -31,8 +33,6 @@ def summary_row(job) -> dict:
 
 def feedback(c, pairs: list[tuple[str, str]], log=print) -> list[Path]:
     """Feedback HTML for each (student, assignment) from the main gradebook; verified free of hidden tests."""
-    from nbgrader.apps import NbGraderAPI
-
     nbgrader_env()
     api = NbGraderAPI(config=c.config)
     secrets = {}
@@ -70,7 +70,6 @@ GRADES_COLUMNS = ["assignment", "duedate", "timestamp", "student_id", "last_name
 def export_grades_csv(gb, dest: Path) -> None:
     """nbgrader's CsvExportPlugin's grades.csv (same columns and rows), written with the csv module's quoting:
     nbgrader joins fields with "," by hand, so a student id or name holding , ; or " broke the row."""
-    from nbgrader.api import MissingEntry
     with open(dest, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(GRADES_COLUMNS)

@@ -11,16 +11,23 @@ result.json: {"status": "graded"|"failed", "reason", "notebooks": {nb: {"grades"
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
 import shutil
+import stat
+import subprocess
 import sys
+import sysconfig
+import tempfile
 import traceback
 import warnings
 from pathlib import Path
 
 import nbformat
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
 
 from . import course
 from .release import make_config, nbgrader_env
@@ -69,8 +76,6 @@ def cell_reasons(nb) -> dict[str, str]:
 
 def read_results(db_url: str, assignment: str, student: str, autograded: Path) -> dict:
     """Scores and comments of one submission from a gradebook, with a reason for every lost point."""
-    from nbgrader.api import Gradebook
-
     notebooks = {}
     with Gradebook(db_url, "alignlab") as gb:
         submission = gb.find_submission(assignment, student)
@@ -89,8 +94,6 @@ def read_results(db_url: str, assignment: str, student: str, autograded: Path) -
 
 def grade(job: dict) -> dict:
     """Run nbgrader's autograde on the job's submission inside ``work_dir``; return the result dict."""
-    from nbgrader.apps import NbGraderAPI
-
     nbgrader_env()
     work = Path(job["work_dir"])
     student, assignment = job["student"], job["assignment"]
@@ -118,7 +121,6 @@ def grade(job: dict) -> dict:
 
 def _blocked(path: Path) -> tuple[Path, Path] | None:
     """(the first ancestor of ``path`` that others cannot traverse, its child on the way), or None."""
-    import stat
     path = Path(os.path.realpath(path))
     for parent in reversed(path.parents):
         child = path if parent == path.parent else path.parents[len(path.parents) - len(parent.parents) - 2]
@@ -129,7 +131,6 @@ def _blocked(path: Path) -> tuple[Path, Path] | None:
 
 def needed_paths() -> list[Path]:
     """What a submission's kernel must read: the interpreter, its standard library and packages, the course."""
-    import sysconfig
     return [Path(sys.executable), Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"]), course.REPO_ROOT]
 
 
@@ -140,7 +141,6 @@ def enter_sandbox(uid: int, scratch: Path) -> None:
     private mount namespace covers that folder with an empty tmpfs showing only the needed subfolder
     (so the rest of it stays hidden). Needs root; raises OSError if that is impossible here.
     """
-    import ctypes
     blocked = {b for b in map(_blocked, needed_paths()) if b}
     if blocked:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -173,8 +173,6 @@ def enter_sandbox(uid: int, scratch: Path) -> None:
 
 def sandbox_problem(uid: int = 199_999) -> str | None:
     """None if submissions can run sandboxed here, else why not (tried once in a throwaway process)."""
-    import subprocess
-    import tempfile
     with tempfile.TemporaryDirectory() as tmp:
         os.chmod(tmp, 0o777)
         code = ("import sys; from pathlib import Path; from alignlab.grading.worker import enter_sandbox; "
