@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import itertools
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import torch

@@ -29,7 +29,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,8 +28,11 @@ def _seconds(cell) -> float | None:
     start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
     if not (start and end):
         return None
-    parse = lambda s: dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    return (parse(end) - parse(start)).total_seconds()
+    return (_when(end) - _when(start)).total_seconds()
+
+
+def _when(stamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def profile(notebook: Path, timeout: int = 1200) -> dict:
@@ -50,7 +52,7 @@ def profile(notebook: Path, timeout: int = 1200) -> dict:
             continue
         seconds = _seconds(cell)
         if seconds is not None:
-            first = next((l for l in cell.source.splitlines() if l.strip()), "")
+            first = next((line for line in cell.source.splitlines() if line.strip()), "")
             cells.append({"cell": index, "seconds": round(seconds, 2), "source": first[:90]})
     return {"notebook": notebook.stem, "wall_s": round(wall, 1), "error": error, "cells": cells}
 

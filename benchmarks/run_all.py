@@ -27,7 +27,7 @@ def run(notebook: Path, grading: bool, track: str | None) -> dict:
     cmd += ["--grading"] if grading else []
     cmd += ["--track", track] if track else []
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    lines = [l for l in out.stdout.splitlines() if l.startswith("{")]
+    lines = [line for line in out.stdout.splitlines() if line.startswith("{")]
     if not lines:
         return {"notebook": notebook.stem, "grading": grading, "error": out.stderr[-500:]}
     return json.loads(lines[-1])
@@ -66,10 +66,13 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: |")
     full = {r["notebook"]: r for r in rows if not r["grading"]}
     grading = {r["notebook"]: r for r in rows if r["grading"]}
+
+    def cell(row, key):
+        return f"{row[key]}" if row.get(key) is not None and not row.get("error") else \
+            ("error" if row.get("error") else "-")
+
     for name, r in full.items():
         g = grading.get(name, {})
-        cell = lambda row, key: (f"{row[key]}" if row.get(key) is not None and not row.get("error") else
-                                 ("error" if row.get("error") else "-"))
         print(f"| {name} | {cell(r, 'wall_s')} | {cell(r, 'peak_mb')} | {cell(g, 'wall_s')} |")
     total = sum(r.get("wall_s", 0) for r in full.values())
     print(f"\nwhole course: {total:.0f} s")

@@ -43,8 +43,8 @@ def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("solution"):
             src = "".join(cell["source"]).splitlines()
-            answers[meta["grade_id"]] = "\n".join(l for l in src if "### BEGIN SOLUTION" not in l
-                                                  and "### END SOLUTION" not in l)
+            answers[meta["grade_id"]] = "\n".join(line for line in src if "### BEGIN SOLUTION" not in line
+                                                  and "### END SOLUTION" not in line)
     for cell in student["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("grade_id") in answers:
