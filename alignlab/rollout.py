@@ -130,7 +130,8 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
         temperature: logits are divided by it before sampling; the returned
             log-probs are at this temperature (> 0).
         eos_id, pad_id: default to the model config's ``eos_token_id`` / ``pad_token_id``.
-        generator: a torch.Generator (on the model's device) for reproducible samples.
+        generator: a torch.Generator on the model's device (``torch.Generator(device=track.device)``)
+            for reproducible samples; one on another device is refused with that advice.
         tokenizer: when given, ``texts`` holds the decoded completions.
 
     The pad token is never sampled (its logit is set to -inf; a model that was
@@ -159,6 +160,9 @@ def sample(policy, prompt_ids_list, max_new_tokens: int, temperature: float = 1.
         raise ValueError(f"a prompt of {P} tokens + max_new_tokens={max_new_tokens} exceeds the model's context of "
                          f"{ctx} positions: shorten the prompts or ask for fewer new tokens.")
     device = _device(model)
+    if generator is not None and torch.device(generator.device).type != device.type:
+        raise ValueError(f"the generator is on {generator.device} but the model is on {device}: "
+                         f"pass torch.Generator(device=track.device) (here torch.Generator(device='{device.type}')).")
     with one_thread() if device.type == "cpu" and len(prompts) <= ONE_THREAD_ROWS else contextlib.nullcontext():
         return _sample(model, prompts, P, max_new_tokens, temperature, eos_id, pad_id, generator, tokenizer, device)
 

@@ -117,3 +117,21 @@ def test_a_bad_size_or_track_is_refused(track):
         load_pairs("train", track, n=0)
     with pytest.raises(TypeError, match="select_track"):
         load_prompts("test", track="gpt2")
+
+
+def test_solution_notebooks_sample_with_a_generator_on_the_tracks_device():
+    """torch.multinomial refuses a CPU generator for CUDA probabilities: every sampling call in a notebook
+    that runs on the track's device must build its generator there (notebook 06's arithmetic model stays
+    on the CPU)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in sorted((root / "solutions").glob("*/*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            for statement in source.split("\n\n"):
+                if "sample(" in statement and "torch.Generator()" in statement and "arithmetic.sample(" not in statement:
+                    offenders.append(f"{path.name}: {statement.strip().splitlines()[0]}")
+    assert offenders == []

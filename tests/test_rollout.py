@@ -110,6 +110,10 @@ def test_bad_input_gets_clear_errors():
         sample(m, [[3]], 0)
     with pytest.raises(ValueError, match="distinct pad"):
         sample(m, [[3]], 5, pad_id=EOS)
+    class CudaGenerator:                      # stands in for torch.Generator(device="cuda") on a CPU-only machine
+        device = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"torch.Generator\(device=track.device\)"):
+        sample(m, [[3]], 5, generator=CudaGenerator())     # on the GPU track it is the other way round
     with pytest.raises(ValueError, match="context"):
         sequence_token_logprobs(m, torch.ones(1, 40, dtype=torch.long), torch.ones(1, 40, dtype=torch.long))
     with pytest.raises(ValueError, match="non-empty"):
