@@ -4,7 +4,8 @@
 
 Prints the machine (CPU model, cores, GPU) and two measurements taken now: float32 1024x1024 matmul
 GFLOPS with torch's threads, and the wall time of one forward+backward of the embedded tiny GPT-2 on a
-fixed batch (32 sequences of 32 tokens). The development machines here measured 48-61 GFLOPS.
+fixed batch (32 sequences of 32 tokens); with a GPU, also its float32 and bfloat16 matmul TFLOPS. The
+GFLOPS are the best of 5 runs (the machine's speed, not its load).
 """
 from __future__ import annotations
 
@@ -66,8 +67,30 @@ def calibration() -> dict:
 
     step()
     fwd_bwd = _best_of(step, 5)
-    return {"threads": torch.get_num_threads(), "matmul_gflops": round(gflops, 1),
-            "tiny_gpt2_fwd_bwd_ms": round(fwd_bwd * 1000, 1)}
+    out = {"threads": torch.get_num_threads(), "matmul_gflops": round(gflops, 1),
+           "tiny_gpt2_fwd_bwd_ms": round(fwd_bwd * 1000, 1)}
+    if torch.cuda.is_available():
+        out.update(gpu_calibration())
+    return out
+
+
+def gpu_calibration() -> dict:
+    """float32 and bfloat16 4096x4096 matmul TFLOPS on the GPU (best of 5 x 10, synchronized)."""
+    import torch
+
+    result = {}
+    for dtype, key in ((torch.float32, "gpu_fp32_tflops"), (torch.bfloat16, "gpu_bf16_tflops")):
+        a = torch.randn(4096, 4096, device="cuda", dtype=dtype)
+        b = torch.randn(4096, 4096, device="cuda", dtype=dtype)
+
+        def run():
+            for _ in range(10):
+                a @ b
+            torch.cuda.synchronize()
+
+        run()
+        result[key] = round(2 * 4096 ** 3 * 10 / _best_of(run, 5) / 1e12, 1)
+    return result
 
 
 if __name__ == "__main__":
