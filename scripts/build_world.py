@@ -74,7 +74,7 @@ def write_card(path: Path = CARD) -> str:
 Everything the default (offline, CPU) track needs, built by `scripts/` with
 fixed seeds and committed here. Rebuild it all with `make data`
 (`scripts/build_world.py`: tokenizer, gold classifier, policy, prompts and
-pairs, this card). Every figure below was measured by the build and is
+pairs, notebook 03's reward models, this card). Every figure below was measured by the build and is
 rewritten by it.
 
 ## Files
@@ -86,6 +86,7 @@ rewritten by it.
 | `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
+| `reward-models/` | notebook 03's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
 
