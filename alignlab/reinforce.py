@@ -81,7 +81,8 @@ def train_pg(policy, train_problems, eval_problems, config: PGConfig, loss_fn: C
         if config.advantage == "rloo":
             baseline = (rewards - advantages_fn(rewards)).reshape(-1).detach()             # mean of the other G - 1
         ids = torch.cat([prompts, torch.where(comp == ar.PAD, ar.EOS, comp)], dim=1)
-        logits = policy(input_ids=ids).logits[:, prompts.shape[1] - 1:-1, :].float() / config.temperature  # (B, 4, V)
+        logits = policy(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[:, prompts.shape[1] - 1:-1, :]
+        logits = logits.float() / config.temperature                                       # (B, 4, V)
         logp = torch.log_softmax(ar.restrict(logits), -1)
         lp = logp.gather(-1, torch.where(comp == ar.PAD, ar.EOS, comp)[..., None]).squeeze(-1) * mask    # (B, 4)
         loss = loss_fn(lp, rewards.reshape(-1), mask, baseline)
