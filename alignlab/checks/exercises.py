@@ -18,12 +18,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import ex_basics, ex_dpo, ex_grpo, ex_ppo, ex_reward
+from . import ex_basics, ex_dpo, ex_grpo, ex_pg, ex_ppo, ex_reward
 from ._core import (RAISED, Case, Exercise, _quiet, call_learner, case_scale, close, describe, describe_inputs, diagnose,
                     hidden_cases, learner_args, load_cases, reference_function, tolerances)
 from ._core import prepare_hidden as _prepare_hidden
 
-EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
+EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_pg, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
 
 
 def _fail(exercise: Exercise, case: Case, what: str, detail: str = "", diagnosis: str = "") -> None:
@@ -95,9 +95,13 @@ def _check_gradients(exercise: Exercise, case: Case, args: list, outputs: tuple)
         _fail(exercise, case, f"backpropagating through your result failed: {type(error).__name__}: {error}")
     for (name, _), got in zip(inputs.items(), grads):
         expected = case.expected_grads[name].double()
+        if got is None and name in exercise.constants:
+            continue                        # a constant of the computation: no gradient is the right answer
         if got is None:
             _fail(exercise, case, f"no gradient reaches '{name}': the result does not depend on it through autograd.")
         got = got.detach().cpu().double()
+        if name in exercise.constants and (expected == 0).all() and (got != 0).any():
+            _fail(exercise, case, f"gradient reaches '{name}', which must be a constant. {exercise.constants[name]}")
         scale = max(case_scale(case), float(expected.abs().max()) if expected.numel() else 1.0)
         ok = close(got, expected, 1e-4, 1e-5 * scale)
         if ok:
