@@ -18,7 +18,7 @@ from torch import Tensor
 
 from . import arithmetic as ar
 from . import reference
-from .grpo import completion_logprobs
+from .grpo import completion_token_logps
 from .models import frozen_copy
 from .policy_gradient import (COMPLETION_MASK, N_COMPLETIONS, answer_index, cosine, distribution, expected_reward,
                               flat_grad, token_logprobs)
@@ -70,7 +70,7 @@ def reuse_study(policy, problems: Sequence[ar.Problem], loss_fn: Callable, advan
     baseline = (rewards - advantages_fn(rewards)).reshape(-1)                          # (B,) e.g. RLOO's
     advantages = rewards.reshape(-1) - baseline
     with torch.no_grad():
-        old_lp = completion_logprobs(old, prompts, comp) * mask                        # (B, 4)
+        old_lp = completion_token_logps(old, prompts, comp) * mask                        # (B, 4)
     pi_old = distribution(old, problems, threshold)
     index, valid = _support([pi_old], threshold)
     with torch.no_grad():
@@ -82,7 +82,7 @@ def reuse_study(policy, problems: Sequence[ar.Problem], loss_fn: Callable, advan
     tmask = COMPLETION_MASK[index].double()
 
     probe = copy.deepcopy(old).requires_grad_(True)
-    lp0 = completion_logprobs(probe, prompts, comp) * mask
+    lp0 = completion_token_logps(probe, prompts, comp) * mask
     g_reinforce = flat_grad(loss_fn(lp0, rewards.reshape(-1), mask, baseline), probe, retain_graph=True)
     g_ratio = flat_grad(-(advantages[:, None] * torch.exp(lp0 - old_lp) * mask).sum(-1).mean(), probe)
     identity = {"max_difference": float((g_reinforce - g_ratio).abs().max()), "gradient_norm": float(g_reinforce.norm())}
@@ -105,7 +105,7 @@ def reuse_study(policy, problems: Sequence[ar.Problem], loss_fn: Callable, advan
                               "sequence_ratio": (w_old * a * torch.exp(seq - old_tok.sum(-1))).sum() / P}
                 for name, s in surrogates.items():
                     row[name] = cosine(flat_grad(s, theta, retain_graph=True), g_exact)
-            lp = completion_logprobs(theta, prompts, comp) * mask
+            lp = completion_token_logps(theta, prompts, comp) * mask
             ratio = torch.exp(lp.detach() - old_lp)
             row["clip_fraction"] = float((((ratio - 1).abs() > clip_range).double() * mask).sum() / mask.sum())
             with torch.no_grad():

@@ -223,5 +223,7 @@ def format_rows(rows: Sequence[dict], columns: Sequence[str], formats: Mapping[s
     formats = formats or {}
     cells = [[formats.get(c, "{}").format(r[c]) if not isinstance(r[c], str) else r[c] for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda values: "  ".join(v.rjust(w) for v, w in zip(values, widths))
+    def line(values):
+        return "  ".join(v.rjust(w) for v, w in zip(values, widths))
+
     return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(row) for row in cells])

@@ -39,7 +39,10 @@ class PGConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "PGConfig":
-        """Sizes: the CPU defaults (tens of seconds per run), the same on the GPU track, smallest under the grader."""
+        """REINFORCE/RLOO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+
+        The CPU defaults take tens of seconds a run; the GPU track uses the same; the grader the smallest.
+        """
         cfg = cls(steps=track.pick(cpu=40, grading=3), prompts_per_step=track.pick(cpu=16, grading=4),
                   eval_every=track.pick(cpu=5, grading=3), eval_problems=track.pick(cpu=200, grading=40))
         return replace(cfg, **overrides)

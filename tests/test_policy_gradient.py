@@ -11,7 +11,7 @@ from alignlab import arithmetic as ar
 from alignlab import policy_gradient as pg
 from alignlab import reference
 from alignlab.config import Track
-from alignlab.grpo import completion_logprobs
+from alignlab.grpo import completion_token_logps
 from alignlab.history import RunHistory
 from alignlab.pg_experiments import PLACEMENTS, kl_placement, reuse_study
 from alignlab.pg_plots import plot_estimators, plot_reuse, plot_training
@@ -54,7 +54,7 @@ def test_the_distribution_sums_to_one_and_matches_the_sampler_s_log_probs(base):
     comp = pg.COMPLETIONS[index]
     prompts = torch.tensor([ar.encode_prompt(PROBLEMS[0])] * len(index))
     with torch.no_grad():
-        sampled = (completion_logprobs(base, prompts, comp) * ar.completion_mask(comp)).sum(1).double()
+        sampled = (completion_token_logps(base, prompts, comp) * ar.completion_mask(comp)).sum(1).double()
     assert torch.allclose(probs[0, index].log(), sampled, atol=1e-4)
 
 
