@@ -6,7 +6,8 @@ server that has nbgrader imported already, so a worker starts in milliseconds). 
 and ``result.json``. The main gradebook is never opened here, so a crash, a hang or a kill of this process
 cannot corrupt it or another student's grade; ``batch.py`` imports the result afterwards, in one process.
 
-JOB.json: {"student", "assignment", "submission" (folder), "work_dir", "template_db", "cell_timeout"}.
+JOB.json: {"student", "assignment", "submission" (folder), "work_dir", "template_db", "cell_timeout", "threads",
+"uid", "judge" (the judge session's socket)}. It never holds the hidden seed: only the judge, in the grade process, does.
 result.json: {"status": "graded"|"failed", "reason", "notebooks": {nb: {"grades": [...], "comments": [...]}}}.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pathlib import Path
 
 import nbformat
 
+from ..checks._wire import JUDGE_ENV
 from . import course
+from .sandbox import kernel_environment
 from .release import make_config, nbgrader_env
 
 REASON_LEN = 300
@@ -197,8 +200,11 @@ def run_job(job_file: str) -> int:
                           TMPDIR=str(home), XDG_CACHE_HOME=str(home / ".cache"), MPLCONFIGDIR=str(home / ".mpl"),
                           JUPYTER_RUNTIME_DIR=str(home / ".jupyter-runtime"), IPYTHONDIR=str(home / ".ipython"))
         os.chdir(home)
-    from alignlab.checks._core import HIDDEN_SEED_ENV
-    os.environ[HIDDEN_SEED_ENV] = str(int(job.get("hidden_seed") or 0))   # the kernel's guard reads it, then drops it
+    kept = kernel_environment(dict(os.environ))         # the kernel inherits this process's environment: no secrets,
+    os.environ.clear()                                  # no hidden seed, even if the grader's environment had them
+    os.environ.update(kept)
+    if job.get("judge"):
+        os.environ[JUDGE_ENV] = job["judge"]            # the kernel's checks ask the judge (outside this uid) for cases
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):        # the kernel inherits them: workers share the cores
         os.environ.setdefault(var, str(job.get("threads", 1)))
     result_path = Path(job["work_dir"]) / "result.json"
