@@ -3,17 +3,16 @@
 Design: each submission is autograded by its own worker process (``worker.py``) in a scratch course under
 ``runtime/work/<student>__<assignment>/`` with a private copy of a *template* gradebook (the assignment's
 source cells, made once per batch). Up to ``workers`` run at a time, each under a wall-clock timeout after
-which its whole process tree (nbgrader and the kernel) is killed. Isolation (``sandbox()``): when the grader
-runs as root, each submission's worker and kernel run as a fresh unprivileged uid of their own, in a
-workspace owned by that uid (mode 0700) holding private copies of the submission and the template; the
-main gradebook, the template, the references, the exports and the other workspaces are root's and not
-writable (nor readable, for the runtime's files) by it, and after the submission ends every process of that
-uid is killed (daemons included). Without root the grader warns and only kills the worker's process tree.
-The references are hashed in memory before the batch and verified after every submission. Only this parent
-process writes the main gradebook, one result at a time as they arrive: it sets the automatic scores and comments and never touches
-manual scores or manual comments, so re-grading keeps every grade given in formgrader. A submission whose
-worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the others are
-unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
+which its whole process tree (nbgrader and the kernel) is killed. Isolation is ``sandbox.py``'s (prepare the
+workspace and its uid here, enter it in the worker and the kernel, reap every process of the uid afterwards).
+The truth is the judge's (``judge.py``): this process holds the hidden seed and one judge session per submission,
+whose records, not the kernel's outputs, give each test cell its score. The references are hashed in memory
+before the batch and checked after every submission (sandboxed, a change is someone regenerating them: a
+warning, and grading goes on; not sandboxed, the submission that ran meanwhile is failed and flagged). Only this
+parent process writes the main gradebook, one result at a time as they arrive: it sets the automatic scores and
+comments and never touches manual scores or manual comments, so re-grading keeps every grade given in formgrader.
+A submission whose worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the
+others are unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
 """
 from __future__ import annotations
 
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import course
+from . import course, sandbox
 from .judge import HIDDEN_SEED_ENV, HIDDEN_SEED_FILE, Judge, Session, apply_verdicts, hidden_seed, save_records
 from .release import make_config, nbgrader_env, release
 from .worker import REASON_LEN, run_job
@@ -138,21 +137,6 @@ def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAUL
 
 
 # ------------------------------------------------------------------ run the workers
-def _kill_tree(pid: int) -> None:
-    import psutil
-    try:
-        parent = psutil.Process(pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-
-
 _CONTEXT = None
 
 
@@ -196,58 +180,14 @@ def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeou
         return job
 
 
-_SANDBOX: list = []
-
-
 def sandbox_status() -> str | None:
-    """None when submissions run as their own unprivileged uid here, else why they cannot (checked once)."""
-    if not _SANDBOX:
-        if os.environ.get("ALIGNLAB_NO_SANDBOX") == "1":
-            _SANDBOX.append("ALIGNLAB_NO_SANDBOX=1 is set")
-        elif not hasattr(os, "geteuid") or os.geteuid() != 0:
-            _SANDBOX.append("the grader is not running as root, so it cannot switch each submission to a uid of its own")
-        else:
-            from .worker import sandbox_problem
-            problem = sandbox_problem()
-            _SANDBOX.append(f"an unprivileged process cannot run this Python here ({problem})" if problem else None)
-    return _SANDBOX[0]
+    """None when submissions run as their own unprivileged uid here, else why not (``sandbox.status``)."""
+    return sandbox.status()
 
 
 def sandboxed() -> bool:
     """Whether submissions run as their own unprivileged uid (the grader must be root for that)."""
-    return sandbox_status() is None
-
-
-_UIDS = itertools.count()
-UID_BASE = 200_000               # far above any real account; one uid per submission, never reused in a batch
-
-
-def _next_uid() -> int:
-    return UID_BASE + (os.getpid() % 2000) * 1000 + next(_UIDS) % 1000
-
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process running as ``uid`` (the submission's kernel, its children and any daemon it left)."""
-    import psutil
-    for _ in range(3):
-        procs = []
-        for p in psutil.process_iter(["uids"]):
-            try:
-                if p.info["uids"] is not None and uid in (p.info["uids"].real, p.info["uids"].effective):
-                    p.kill()
-                    procs.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        if not procs:
-            return
-        psutil.wait_procs(procs, timeout=5)
-
-
-def _chown_tree(path: Path, uid: int) -> None:
-    for root, dirs, files in os.walk(path):
-        os.chown(root, uid, uid)
-        for name in files:
-            os.chown(os.path.join(root, name), uid, uid)
+    return sandbox.available()
 
 
 _SESSIONS = itertools.count()
@@ -256,30 +196,14 @@ _SESSIONS = itertools.count()
 def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int,
              judge: Judge, judge_dir: Path | None) -> Job:
     wdir = work / f"{job.student}__{job.assignment}"
-    if wdir.exists():
-        shutil.rmtree(wdir)
-    wdir.mkdir(parents=True)
-    # private copies: the worker (an unprivileged uid when sandboxed) never reads submitted/ or work/template.db
-    shutil.copytree(job.submission, wdir / "submission", symlinks=False,
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-    shutil.copy(template_db, wdir / "template.db")
-    uid = _next_uid() if sandboxed() else None
     own_dir = judge_dir is None
     judge_dir = Path(tempfile.mkdtemp(prefix="alignlab-judge-")) if own_dir else judge_dir
     os.chmod(judge_dir, 0o711)
-    job.judge = Session(judge, judge_dir, uid=uid, name=str(next(_SESSIONS)))
-    spec = {"student": job.student, "assignment": job.assignment, "submission": str(wdir / "submission"),
-            "work_dir": str(wdir), "template_db": str(wdir / "template.db"),
-            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads, "uid": uid,
-            "judge": job.judge.address}
-    (wdir / "job.json").write_text(json.dumps(spec))
-    if uid is not None:
-        _chown_tree(wdir, uid)
-        os.chmod(wdir, 0o700)
-        for parent in wdir.parents:              # the uid must reach its workspace: traverse (o+x), never list
-            mode = os.stat(parent).st_mode
-            if not mode & 0o001:
-                os.chmod(parent, (mode & 0o7777) | 0o001)
+    name = str(next(_SESSIONS))
+    uid = sandbox.prepare(wdir, job.submission, template_db, {
+        "student": job.student, "assignment": job.assignment, "cell_timeout": job.cell_timeout or cell_timeout,
+        "threads": threads, "judge": str(Path(judge_dir) / f"{name}.sock")})
+    job.judge = Session(judge, judge_dir, uid=uid, name=name)
     start = time.perf_counter()
     try:
         proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
@@ -287,14 +211,11 @@ def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeo
         job.judge.set_worker(proc.pid)                # only this process may tell the judge which cell runs
         proc.join(timeout)
         if proc.is_alive():
-            _kill_tree(proc.pid)
+            sandbox.kill_tree(proc.pid)
             proc.join(10)
             job.result = {"status": "failed", "notebooks": {},
                           "reason": f"timed out: grading took longer than {timeout:.0f} s (an endless loop?)"}
-        if uid is not None:
-            _kill_uid(uid)                            # whatever the submission left running, daemons included
-        else:
-            _kill_tree(proc.pid) if proc.is_alive() else None
+        sandbox.reap(uid, proc.pid if proc.is_alive() else None)   # whatever the submission left running
         proc.close() if not proc.is_alive() else None
     finally:
         job.judge.close()                             # its records stay: they are the grade
@@ -371,17 +292,12 @@ def uncommitted_references(hashes: dict[str, str] | None = None) -> list[str]:
 
 
 def lock_down(c: Course) -> None:
-    """Root-owned grading state that a submission's uid can neither write nor read (only traverse to its workspace)."""
-    os.chmod(c.runtime, 0o711)
+    """The runtime's grading state made root's: no submission's uid can read or write it (``sandbox.lock_down``)."""
     os.chmod(c.work, 0o711)
-    for path in [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] + \
-            ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []):
-        if path.exists():
-            os.chmod(path, 0o600)
-    for folder in (c.submitted, c.autograded, c.feedback_dir, c.exports, c.runtime / JUDGE_RECORDS,
-                   c.work / "release", c.work / "release-main"):
-        if folder.exists():
-            os.chmod(folder, 0o700)
+    sandbox.lock_down(c.runtime, [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] +
+                      ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []),
+                      [c.submitted, c.autograded, c.feedback_dir, c.exports, c.runtime / JUDGE_RECORDS,
+                       c.work / "release", c.work / "release-main"])
 
 
 # ------------------------------------------------------------------ import results

@@ -31,9 +31,9 @@ from ..checks._wire import JUDGE_ENV, judge_address, request
 from . import course
 from .hidden import HIDDEN_BEGIN, hidden_lines, strip_ansi, strip_hidden_region
 from .judge import HIDDEN_SEED_ENV, Judge, Session, apply_verdict, hidden_seed
+from .sandbox import KERNEL_EXEC_LINES
 
-GUARD_LINE = ("import alignlab.grading.sandbox as _alignlab_sandbox; _alignlab_sandbox.enter_kernel(); "
-              "import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()")
+GUARD_LINE = KERNEL_EXEC_LINES + "; import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()"
 RESTORE_CODE = "__import__('alignlab.grading.guard', fromlist=['restore_before_test']).restore_before_test({source!r})"
 KERNEL_DIED = "KernelDied"
 NOT_RUN = "NotRun"
