@@ -6,6 +6,7 @@ They are graded in the same parallel batch as the solutions and the untouched no
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import nbformat
@@ -235,3 +236,22 @@ def test_references_are_compared_with_the_committed_tree(tmp_path, monkeypatch):
     assert {victim.name, "manifest.json"} <= set(batch.uncommitted_references())
     assert batch.reference_hashes()[victim.name] != batch.hashlib.sha256(
         (batch.course.REPO_ROOT / "autograder" / "references" / victim.name).read_bytes()).hexdigest()
+
+
+def test_the_class_report_flags_the_two_copies_with_their_pairs_and_no_honest_student(graded):
+    """The report of this very batch: the reference re-executed from its source is flagged next to the reference,
+    the classmate's renamed and reformatted copy next to the original; the honest students are not flagged."""
+    from alignlab.grading import report
+    page = report.write_reports(graded.course, [ASSIGNMENT])[0]
+    text = page.read_text()
+    flags = text.split("id='similarity'", 1)[1].split("id='attention'", 1)[0]
+    titles = set(re.findall(r"<h3>log_softmax: (\S+) &harr; ([^<]+)</h3>", flags))
+    for case in CASES:
+        if case.copy_of == "reference":
+            assert (case.name, "course reference") in titles, titles
+        elif case.copy_of:
+            assert tuple(sorted((case.name, case.copy_of))) in {tuple(sorted(t)) for t in titles}, titles
+    flagged = {name for pair in titles for name in pair}
+    assert not flagged & {"honest_alt", "stubs"}, titles
+    assert {frozenset(t) for t in titles if "honest_original" in t} == {frozenset(("honest_original", "adv_copied_classmate"))}
+    assert "exp overflow (maximum not subtracted)" in text.split("id='mistakes'", 1)[1].split("</table>", 1)[0]
