@@ -16,7 +16,9 @@ import torch
 from torch import Tensor
 from transformers import GPT2LMHeadModel
 
+from .models import fast_forward_settings
 from .paths import ARITHMETIC_DIR, require
+from .rollout import cache_kwarg, cache_of
 
 VOCAB = list("0123456789+=") + ["<eos>", "<pad>", "<bos>", "?"]
 STOI = {s: i for i, s in enumerate(VOCAB)}
@@ -111,8 +113,8 @@ def sample(model, problems: list[Problem], n: int = 1, temperature: float = 1.0,
     out = []
     step_input = ids
     for _ in range(MAX_NEW):
-        res = model(input_ids=step_input, past_key_values=past, use_cache=True)
-        past = res.past_key_values
+        res = model(input_ids=step_input, use_cache=True, **({cache_kwarg(model): past} if past is not None else {}))
+        past = cache_of(res)
         logits = restrict(res.logits[:, -1, :].float())
         if temperature == 0:
             nxt = logits.argmax(-1)
@@ -148,5 +150,4 @@ def pass_at_ks(model, problems: list[Problem], n: int = 16, ks=(1, 4, 16), seed:
 
 def load_policy(path=None):
     model = GPT2LMHeadModel.from_pretrained(require(path or ARITHMETIC_DIR, "The arithmetic policy"))
-    model.eval()
-    return model
+    return fast_forward_settings(model).eval()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import Callable, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from . import report
 from .reward_model import score_batch
 from .rewards import gold_scores
-from .rollout import sample
+from .rollout import sample_groups
 
 
 @dataclass
@@ -37,6 +37,7 @@ class BestOfNConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "BestOfNConfig":
+        """Best-of-n sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             n_max=track.pick(cpu=64, gpu=256, grading=4),
             n_prompts=track.pick(cpu=32, gpu=128, grading=4),
@@ -59,17 +60,18 @@ def best_of_n_pool(policy, tokenizer, prompts: Sequence[dict], reward_model, gol
     device = next(policy.parameters()).device
     generator = torch.Generator(device=device).manual_seed(config.seed)
     proxy, golds, texts = [], [], []
-    calls = range(0, len(prompts), config.prompts_per_call)
-    for start in tqdm(calls, desc=f"sampling {config.n_max} completions per prompt", disable=not progress):
-        chunk = prompts[start:start + config.prompts_per_call]
-        repeated = [row["prompt_ids"] for row in chunk for _ in range(config.n_max)]
-        ro = sample(policy, repeated, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                            generator=generator, tokenizer=tokenizer)
+    chunks = sample_groups(policy, [row["prompt_ids"] for row in prompts], config.n_max, config.max_new_tokens,
+                           temperature=config.temperature, generator=generator, tokenizer=tokenizer,
+                           prompts_per_call=config.prompts_per_call)
+    calls = math.ceil(len(prompts) / config.prompts_per_call)
+    for part in tqdm(chunks, total=calls, desc=f"sampling {config.n_max} completions per prompt",
+                     disable=not progress):
+        ro, C = part.rollout, part.count
         r = score_batch(reward_model, ro.input_ids, ro.attention_mask)                          # (C * N,)
-        _, g = gold_scores(gold, tokenizer, repeated, ro.completion_ids)                       # (C * N,)
-        proxy.append(r.view(len(chunk), config.n_max))
-        golds.append(g.view(len(chunk), config.n_max))
-        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(len(chunk))]
+        _, g = gold_scores(gold, tokenizer, part.prompt_ids, ro.completion_ids)                # (C * N,)
+        proxy.append(r.view(C, config.n_max))
+        golds.append(g.view(C, config.n_max))
+        texts += [ro.texts[i * config.n_max:(i + 1) * config.n_max] for i in range(C)]
     return {"proxy": torch.cat(proxy), "gold": torch.cat(golds), "completions": texts,
             "prompts": [row["prompt"] for row in prompts]}
 
@@ -115,6 +117,22 @@ def fit_gao(kl: Sequence[float], gold: Sequence[float]) -> tuple[float, float]:
     X = torch.stack([d, -d * d], dim=1)                                       # (K, 2)
     a, b = torch.linalg.lstsq(X, y[:, None]).solution[:, 0].tolist()
     return a, b
+
+
+def n_for_kl(kl_fn: Callable[[int], float], kl: float, n_max: int = 10 ** 7) -> int | None:
+    """The smallest n <= ``n_max`` with ``kl_fn(n) >= kl``, or None; ``kl_fn`` increasing in n (e.g. best_of_n_kl).
+
+    Doubling then bisection: about 2 log2(n) calls of ``kl_fn`` instead of one per n.
+    """
+    if kl_fn(n_max) < kl:
+        return None
+    low, high = 0, 1                                       # kl_fn(low) < kl (n = 0 stands for "none yet")
+    while kl_fn(high) < kl:
+        low, high = high, min(2 * high, n_max)
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (mid, high) if kl_fn(mid) < kl else (low, mid)
+    return high
 
 
 def plot_best_of_n(curve: dict, kl: Sequence[float], oracle: dict | None = None, fit: bool = True):

@@ -70,7 +70,8 @@ def select_track(requested: str | None = None) -> Track:
     """Pick the track: ``requested`` (or env ALIGNLAB_TRACK) in {"auto", "tiny", "gpt2"}.
 
     "auto" takes gpt2 only when a GPU is present and the Hub answers; otherwise tiny.
-    ``ALIGNLAB_GPT2_PATH`` points the gpt2 track at a local folder instead of the Hub.
+    ``ALIGNLAB_GPT2_PATH`` points the gpt2 track at a local folder instead of the Hub; an explicit
+    "gpt2" uses it in grading mode too (at grading scale), while "auto" under the grader stays tiny.
     Asking for "gpt2" with no network fails within seconds and names the tiny track.
     """
     requested = (requested or os.environ.get("ALIGNLAB_TRACK") or "auto").lower()
@@ -82,10 +83,10 @@ def select_track(requested: str | None = None) -> Track:
     if requested == "tiny":
         return Track("tiny", tiny, device, grading, "asked for the tiny track")
     local_gpt2 = os.environ.get("ALIGNLAB_GPT2_PATH")
-    if requested in {"gpt2", "auto"} and local_gpt2 and not grading:
-        # A GPT-2-shaped model saved to a local folder stands in for the Hub's (offline GPU checks, mirrors).
-        if requested == "gpt2" or device == "cuda":
-            return Track("gpt2", local_gpt2, device, grading, f"gpt2 from ALIGNLAB_GPT2_PATH={local_gpt2}")
+    # A GPT-2-shaped model saved to a local folder stands in for the Hub's (offline GPU checks, mirrors).
+    # Asked for by name it is used in grading mode too (at grading scale); "auto" under the grader stays tiny.
+    if local_gpt2 and (requested == "gpt2" or (device == "cuda" and not grading)):
+        return Track("gpt2", local_gpt2, device, grading, f"gpt2 from ALIGNLAB_GPT2_PATH={local_gpt2}")
     if requested == "gpt2":
         if not hub_reachable():
             raise RuntimeError(

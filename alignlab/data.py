@@ -92,6 +92,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.replace(path)
 
 
+# The pair files on disk (data/pairs.jsonl.gz, the gpt2 track's cache) name the reference log-probs
+# ref_chosen_logp / ref_rejected_logp. In memory a row uses a batch's names, as TRL does: ref_chosen_logps /
+# ref_rejected_logps. read_pairs renames on reading and write_pairs back on writing, so the files keep their format.
+STORED_PAIR_KEYS = {"ref_chosen_logp": "ref_chosen_logps", "ref_rejected_logp": "ref_rejected_logps"}
+
+
+def read_pairs(path: Path) -> list[dict]:
+    """Preference pairs from a JSON-lines file, with the stored key names mapped to the in-memory ones."""
+    return [{STORED_PAIR_KEYS.get(k, k): v for k, v in r.items()} for r in read_jsonl(path)]
+
+
+def write_pairs(path: Path, rows: list[dict]) -> None:
+    """Write preference pairs with the stored key names (the inverse of :func:`read_pairs`)."""
+    stored = {v: k for k, v in STORED_PAIR_KEYS.items()}
+    write_jsonl(path, [{stored.get(k, k): v for k, v in r.items()} for r in rows])
+
+
 def stored_prompts(split: str) -> list[dict]:
     """The embedded prompts of ``split`` as stored (tiny-track ids); track-aware: ``alignlab.pairs.load_prompts``."""
     check_split(split)
@@ -102,7 +119,7 @@ def stored_prompts(split: str) -> list[dict]:
 def stored_pairs(split: str) -> list[dict]:
     """The embedded preference pairs of ``split`` as stored; track-aware: ``alignlab.pairs.load_pairs``."""
     check_split(split)
-    rows = read_jsonl(paths.require(paths.PAIRS_FILE, "The preference pairs file"))
+    rows = read_pairs(paths.require(paths.PAIRS_FILE, "The preference pairs file"))
     return [r for r in rows if r["split"] == split]
 
 
@@ -160,8 +177,8 @@ def collate_pairs(rows: list[dict], pad_id: int, side: str = "right") -> dict:
     Returns ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``
     and the same three for ``rejected_`` (each (B, T_chosen) / (B, T_rejected)),
     plus ``ref_chosen_logps`` / ``ref_rejected_logps`` (B,) float32 when every row
-    has ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed completion log-probs
-    under the policy that sampled them, usable as DPO's reference log-probs).
+    has them (summed completion log-probs under the policy that sampled them,
+    usable as DPO's reference log-probs).
     """
     if len(rows) == 0:
         raise ValueError("empty batch: collate_pairs needs at least one pair")
@@ -169,7 +186,7 @@ def collate_pairs(rows: list[dict], pad_id: int, side: str = "right") -> dict:
     for name in ("chosen", "rejected"):
         batch = collate([r["prompt_ids"] for r in rows], [r[f"{name}_ids"] for r in rows], pad_id, side)
         out.update({f"{name}_{k}": v for k, v in batch.items()})
-        key = f"ref_{name}_logp"
+        key = f"ref_{name}_logps"
         if all(key in r for r in rows):
-            out[f"ref_{name}_logps"] = torch.tensor([r[key] for r in rows], dtype=torch.float32)  # (B,)
+            out[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)  # (B,)
     return out

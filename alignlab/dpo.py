@@ -1,4 +1,4 @@
-"""Notebook 04's DPO loop, its training plots, and the beta explorer.
+"""Notebook 04's DPO loop (its plots and the beta explorer: ``alignlab.dpo_plots``).
 
 DPO trains the policy on fixed preference pairs with a classification loss on
 log-ratios against a frozen reference; no reward model, no sampling. The loop
@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import functools
 import itertools
-import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -56,12 +55,12 @@ class DPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "DPOConfig":
-        """Notebook 04's recipe for a track: the tiny model on a CPU, GPT-2 124M on a GPU, a few steps under the grader.
+        """Notebook 04's DPO recipe for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
 
         beta 0.15; a prompt's pairs share a batch (96 pairs = 16 prompts on the CPU); the learning rate is
-        warmed up, then decays linearly to 0. Override any field, e.g. ``for_track(track, beta=0.3)``.
+        warmed up, then decays linearly to 0. E.g. ``for_track(track, beta=0.3)``.
         """
-        settings = dict(
+        cfg = cls(
             beta=0.15,
             lr=track.pick(cpu=6e-4, gpu=5e-6),
             steps=track.pick(cpu=300, gpu=600, grading=6),
@@ -71,8 +70,7 @@ class DPOConfig:
             group_by_prompt=True,
             eval_every=track.pick(cpu=75, gpu=100, grading=3),
         )
-        settings.update(overrides)
-        return cls(**settings)
+        return replace(cfg, **overrides)
 
 
 DPOHistory = RunHistory  # the name notebook 04 and older code use
@@ -129,7 +127,7 @@ def reference_logps(reference, batch: dict, average: bool = False) -> tuple[torc
         with torch.no_grad():
             return pair_logps(reference, batch, average)
     if "ref_chosen_logps" not in batch:
-        raise ValueError("reference=None needs pairs with stored ref_chosen_logp/ref_rejected_logp; pass a frozen reference model")
+        raise ValueError("reference=None needs pairs with stored ref_chosen_logps/ref_rejected_logps; pass a frozen reference model")
     out = []
     for name in ("chosen", "rejected"):
         logps = batch[f"ref_{name}_logps"]                                              # (B,)
@@ -198,7 +196,7 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     Args:
         policy: a causal LM (GPT2LMHeadModel); only its parameters are updated.
         reference: the frozen reference model, or None to use the pairs' stored
-            ``ref_chosen_logp``/``ref_rejected_logp``. It never receives gradient.
+            ``ref_chosen_logps``/``ref_rejected_logps``. It never receives gradient.
         pairs: rows of ``alignlab.pairs.load_pairs`` (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ...).
         loss_fn: ``loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps,
             ref_rejected_logps)`` -> loss, or (loss, chosen_rewards, rejected_rewards, ...).
@@ -263,74 +261,5 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     return history
 
 
-# ------------------------------------------------------------------- plots
-def plot_history(history: DPOHistory, title: str = "DPO"):
-    """Loss, implicit-reward accuracy and margin per step (and on held-out pairs); gold reward and KL per evaluation."""
-    import matplotlib.pyplot as plt
-
-    steps = history.column("step")
-    panels = 3 if history.evals else 2
-    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
-    axes[0].plot(steps, history.column("loss"), lw=1, label="training batches")
-    axes[0].axhline(math.log(2), color="grey", ls=":", label="ln 2 (policy = reference)")
-    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: loss")
-    axes[1].plot(steps, history.column("rewards/accuracies"), lw=1, label="training batches")
-    if history.heldout:
-        held = [h["step"] for h in history.heldout]
-        axes[0].plot(held, [h["loss"] for h in history.heldout], "o-", ms=3, color="C2", label="held-out pairs")
-        axes[1].plot(held, [h["rewards/accuracies"] for h in history.heldout], "o-", ms=3, color="C2",
-                     label="held-out pairs")
-    margin = axes[1].twinx()
-    margin.plot(steps, history.column("rewards/margins"), lw=1, color="C1", alpha=0.6, label="margin (training)")
-    axes[1].set(xlabel="step", ylabel="implicit-reward accuracy", title="implicit rewards", ylim=(0, 1))
-    axes[0].legend(fontsize=8)
-    axes[1].legend(fontsize=8, loc="lower right")
-    margin.set_ylabel("margin r_w - r_l (training)", color="C1")
-    if history.evals:
-        ev = history.evals
-        axes[2].plot([e["step"] for e in ev], [e["gold"] for e in ev], "o-", label="gold")
-        kl = axes[2].twinx()
-        kl.plot([e["step"] for e in ev], [e["kl"] for e in ev], "s--", color="C3", label="KL")
-        axes[2].set(xlabel="step", ylabel="gold reward", title="gold reward and sequence KL")
-        kl.set_ylabel("sequence KL (nats)", color="C3")
-    fig.tight_layout()
-    return fig
-
-
-def beta_explorer(preference_probability_fn: Callable | None = None, gradient_weight_fn: Callable | None = None):
-    """An ipywidgets slider over beta: per-pair loss and gradient weight against the log-ratio difference h.
-
-    The functions have the exercise signatures (four (B,) log-prob tensors, beta); the
-    curves put h on the chosen policy log-prob and zeros elsewhere, so dpo_logits = h.
-    """
-    import ipywidgets as widgets
-    import matplotlib.pyplot as plt
-
-    prob_fn = preference_probability_fn or ref_math.dpo_preference_probability
-    weight_fn = gradient_weight_fn or ref_math.dpo_gradient_weight
-    h = torch.linspace(-40, 40, 401, dtype=torch.float64)                   # (N,) log-ratio differences
-    zeros = torch.zeros_like(h)
-
-    def show(beta=0.1):
-        prob = prob_fn(h, zeros, zeros, zeros, beta)                         # (N,)
-        loss = -torch.log(prob.clamp(min=1e-300))                            # (N,) per-pair loss
-        weight = weight_fn(h, zeros, zeros, zeros, beta)                     # (N,)
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        axes[0].plot(h, loss)
-        axes[0].set(xlabel="h = log-ratio(chosen) - log-ratio(rejected)", ylabel="-log sigmoid(beta h)",
-                    title=f"per-pair loss, beta = {beta:.3g}", ylim=(0, 5))
-        axes[1].plot(h, weight, color="C1")
-        axes[1].set(xlabel="h", ylabel="sigmoid(-beta h)", title="gradient weight", ylim=(0, 1.02))
-        for ax in axes:
-            ax.axvline(0, color="grey", lw=0.5)
-            ax.axvline(1 / beta, color="C2", ls=":", lw=1)
-        axes[1].text(1 / beta, 0.05, " h = 1/beta", color="C2", fontsize=8)
-        fig.tight_layout()
-        plt.show()
-
-    slider = widgets.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.05, description="beta")
-    return widgets.interactive(show, beta=slider)
-
-
 __all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps",
-           "implicit_reward_stats", "plot_history", "beta_explorer"]
+           "implicit_reward_stats"]

@@ -21,7 +21,7 @@ from . import reference as ref_math
 from .best_of_n import best_of_n_curve
 from .dpo import DPOConfig, train_dpo
 from .rewards import gold_scores
-from .rollout import sample
+from .rollout import sample_groups
 
 METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), "base policy": ("k", "*")}
 
@@ -83,13 +83,11 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
     n_max = max(ns)
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     golds = []
-    for start in range(0, len(prompts), prompts_per_call):
-        chunk = [list(p["prompt_ids"]) for p in prompts[start:start + prompts_per_call]]
-        repeated = [ids for ids in chunk for _ in range(n_max)]
-        out = sample(policy, repeated, max_new_tokens, temperature=1.0, eos_id=tokenizer.eos_token_id,
-                     pad_id=tokenizer.pad_token_id, generator=generator)
-        _, scores = gold_scores(gold, tokenizer, repeated, out.completion_ids)              # (C * N,)
-        golds.append(scores.view(len(chunk), n_max))                                 # (C, N)
+    for part in sample_groups(policy, [p["prompt_ids"] for p in prompts], n_max, max_new_tokens,
+                              generator=generator, tokenizer=tokenizer, prompts_per_call=prompts_per_call,
+                              decode=False):
+        _, scores = gold_scores(gold, tokenizer, part.prompt_ids, part.rollout.completion_ids)  # (C * N,)
+        golds.append(scores.view(part.count, n_max))                                 # (C, N)
     pool = torch.cat(golds)                                                                # (P, N)
     curve = best_of_n_curve(pool, pool, list(ns), select_by="gold")
     return [{"method": "best-of-n", "setting": f"n={n}", "step": 0, "kl": ref_math.best_of_n_kl(n), "gold": float(g)}

@@ -40,14 +40,20 @@ class GRPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "GRPOConfig":
-        """Sizes: the CPU defaults (about a minute), the same on the GPU track, smallest under the grader."""
+        """GRPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+
+        The GPU track keeps the CPU sizes (about a minute): the arithmetic world is tiny either way.
+        """
         cfg = cls(steps=track.pick(cpu=40, grading=3), prompts_per_step=track.pick(cpu=16, grading=4),
                   eval_every=track.pick(cpu=10, grading=2), eval_problems=track.pick(cpu=200, grading=40))
         return replace(cfg, **overrides)
 
 
-def completion_logprobs(model, prompts, completions):
-    """Per-token log-probs (N, T) of the completion tokens over the answer tokens (padding read as <eos>, masked later)."""
+def completion_token_logps(model, prompts, completions):
+    """Per-token log-probs (N, T) of the completion tokens over the answer tokens (padding read as <eos>, masked later).
+
+    (``alignlab.dpo.completion_logps`` is the per-sequence sum, for the GPT-2 world.)
+    """
     comp = torch.where(completions == ar.PAD, torch.full_like(completions, ar.EOS), completions)
     ids = torch.cat([prompts, comp], dim=1)
     logits = ar.restrict(model(input_ids=ids).logits[:, prompts.shape[1] - 1:-1, :].float())
@@ -87,8 +93,8 @@ def train_grpo(policy, train_problems, eval_problems, config: GRPOConfig, advant
         mask = ar.completion_mask(comp)
         rewards = ar.rewards_for(problems, comp, config.group_size)                     # (P, G)
         with torch.no_grad():
-            old = completion_logprobs(policy, prompts, comp)
-            ref = completion_logprobs(ref_model, prompts, comp) if ref_model is not None else None
+            old = completion_token_logps(policy, prompts, comp)
+            ref = completion_token_logps(ref_model, prompts, comp) if ref_model is not None else None
         shaped = rewards
         if ref is not None and config.kl_in == "reward":
             k1 = kl_fn(old, ref, mask)[0].sum(1).view_as(rewards)
@@ -100,7 +106,7 @@ def train_grpo(policy, train_problems, eval_problems, config: GRPOConfig, advant
         adv = adv.reshape(-1).float().detach()
         policy.train()
         for _ in range(config.epochs):
-            lp = completion_logprobs(policy, prompts, comp)
+            lp = completion_token_logps(policy, prompts, comp)
             loss = loss_fn(lp, old, adv, mask, config.clip_range, config.aggregation)
             if ref is not None and config.kl_in == "loss":
                 loss = loss + config.kl_coef * reference.masked_mean(kl_fn(lp, ref, mask)[2], mask)

@@ -13,8 +13,8 @@ stays the starting policy, so the KL it reports means the same as offline DPO's.
 >>> history.final            # {"step", "round", "gold", "kl", ...}
 
 Pairs built here have the fields of ``alignlab.pairs.load_pairs`` rows that DPO
-needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logp``,
-``ref_rejected_logp``) plus ``score_chosen``/``score_rejected`` (the labeller's)
+needs (``prompt_ids``, ``chosen_ids``, ``rejected_ids``, ``ref_chosen_logps``,
+``ref_rejected_logps``) plus ``score_chosen``/``score_rejected`` (the labeller's)
 and ``gold_chosen``/``gold_rejected`` when a gold reward is given.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ from .dpo import DPOConfig, completion_logps, train_dpo
 from .history import RunHistory
 from .reward_model import score_completions
 from .rewards import gold_texts
-from .rollout import sample
+from .rollout import sample_groups
 
 # labeller(prompt_ids_list, completion_ids_list, texts) -> (N,) scores, higher is better
 Labeller = Callable[[list, list, list], torch.Tensor]
@@ -64,19 +64,21 @@ class OnlineDPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "OnlineDPOConfig":
-        """Sizes for a track; ``dpo`` defaults to ``DPOConfig.for_track`` with a round's share of the steps."""
+        """Online-DPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+
+        ``dpo`` defaults to ``DPOConfig.for_track`` without warm-up; each round runs its share of its steps.
+        """
         rounds = overrides.pop("rounds", track.pick(cpu=4, gpu=5, grading=2))
         dpo = overrides.pop("dpo", None) or DPOConfig.for_track(track, warmup_steps=0)
         dpo = replace(dpo, steps=max(1, dpo.steps // rounds))
-        settings = dict(
+        cfg = cls(
             rounds=rounds,
             prompts_per_round=track.pick(cpu=128, gpu=512, grading=8),
             samples_per_prompt=track.pick(cpu=4, gpu=4, grading=2),
             max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
             dpo=dpo,
         )
-        settings.update(overrides)
-        return cls(**settings)
+        return replace(cfg, **overrides)
 
 
 OnlineHistory = RunHistory  # one row per round in ``steps``
@@ -88,13 +90,14 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     """Sample ``samples_per_prompt`` completions per prompt from ``policy``; pair each prompt's best and worst.
 
     The labeller's scores decide the pair; prompts whose samples all score the same give no pair.
-    ``ref_*_logp`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
+    ``ref_*_logps`` are the reference's summed completion log-probs, so ``train_dpo(policy, None, ...)``
     can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
     """
     G = config.samples_per_prompt
-    prompt_ids = [list(p) for p in prompt_ids_list for _ in range(G)]                   # P * G prompts
-    out = sample(policy, prompt_ids, config.max_new_tokens, temperature=config.temperature,
-                 eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=generator)
+    (part,) = sample_groups(policy, prompt_ids_list, G, config.max_new_tokens, temperature=config.temperature,
+                            generator=generator, tokenizer=tokenizer, prompts_per_call=max(1, len(prompt_ids_list)),
+                            decode=False)
+    prompt_ids, out = part.prompt_ids, part.rollout                                     # P * G rows, by prompt
     completion_ids = [list(c) for c in out.completion_ids]
     texts = gold_texts(tokenizer, prompt_ids, completion_ids)
     scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)
@@ -109,7 +112,7 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
         if not scores[best] > scores[worst]:
             continue                                                                    # a tie: nothing to learn
         row = {"prompt_ids": prompt_ids[best], "chosen_ids": completion_ids[best], "rejected_ids": completion_ids[worst],
-               "ref_chosen_logp": float(ref_logps[best]), "ref_rejected_logp": float(ref_logps[worst]),
+               "ref_chosen_logps": float(ref_logps[best]), "ref_rejected_logps": float(ref_logps[worst]),
                "score_chosen": float(scores[best]), "score_rejected": float(scores[worst])}
         if golds is not None:
             row.update(gold_chosen=float(golds[best]), gold_rejected=float(golds[worst]))

@@ -16,8 +16,8 @@ by a simulated Bradley-Terry annotator, P(a preferred) =
 sigmoid((g_a - g_b) / ANNOTATOR_TEMPERATURE) with g the gold P(positive) of
 prompt + completion. Row fields: split, prompt, prompt_ids, chosen,
 chosen_ids, rejected, rejected_ids, gold_chosen, gold_rejected, p_chosen,
-ref_chosen_logp, ref_rejected_logp (summed completion log-probs under the
-sampling policy).
+ref_chosen_logps, ref_rejected_logps (summed completion log-probs under the
+sampling policy; stored on disk as ref_chosen_logp, ref_rejected_logp: ``alignlab.data.read_pairs``).
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import check_split, load_reviews, read_jsonl, stored_pairs, stored_prompts, write_jsonl
+from .data import check_split, load_reviews, read_pairs, stored_pairs, stored_prompts, write_pairs
 from .models import load_policy, load_tokenizer
 from .rewards import gold_texts, load_gold
-from .rollout import sample
+from .rollout import sample_groups
 
 PROMPT_SEED = 1              # which reviews and prefix lengths become prompts
 SAMPLE_SEED = 2              # policy sampling
@@ -79,10 +79,9 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
     gen = torch.Generator(device=device).manual_seed(SAMPLE_SEED)
     ann = np.random.RandomState(ANNOTATOR_SEED)
     rows, ends, t0 = [], [], time.time()
-    for start in range(0, len(prompts), batch_prompts):
-        chunk = prompts[start:start + batch_prompts]
-        ids = [p["prompt_ids"] for p in chunk for _ in range(SAMPLES_PER_PROMPT)]
-        ro = sample(policy, ids, max_new_tokens, temperature=1.0, generator=gen, tokenizer=tokenizer)
+    for part in sample_groups(policy, [p["prompt_ids"] for p in prompts], SAMPLES_PER_PROMPT, max_new_tokens,
+                              generator=gen, tokenizer=tokenizer, prompts_per_call=batch_prompts):
+        chunk, ids, ro = prompts[part.first:part.first + part.count], part.prompt_ids, part.rollout
         full = gold_texts(tokenizer, ids, ro.completion_ids)
         g = gold(full).double().numpy()                                           # (B,)
         logp = (ro.logprobs * ro.completion_mask[:, 1:]).sum(-1).tolist()         # (B,) summed completion log-probs
@@ -97,9 +96,9 @@ def make_pairs(policy, tokenizer, gold, prompts, batch_prompts: int = 128, max_n
                              "rejected": ro.texts[r], "rejected_ids": ro.completion_ids[r],
                              "gold_chosen": round(float(g[c]), 5), "gold_rejected": round(float(g[r]), 5),
                              "p_chosen": round(float(p_a if c == a else 1 - p_a), 5),
-                             "ref_chosen_logp": round(logp[c], 4), "ref_rejected_logp": round(logp[r], 4)})
+                             "ref_chosen_logps": round(logp[c], 4), "ref_rejected_logps": round(logp[r], 4)})
         if log is not None:
-            log(f"pairs: {min(start + batch_prompts, len(prompts))}/{len(prompts)} prompts "
+            log(f"pairs: {part.first + part.count}/{len(prompts)} prompts "
                 f"({time.time() - t0:.0f} s)")
     return rows, float(np.mean(ends)) if ends else 0.0
 
@@ -183,7 +182,7 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
     path = cache_file(track, split, n_prompts, max_new_tokens, batch_prompts)
     if path.exists():
         try:
-            return read_jsonl(path)[:n]
+            return read_pairs(path)[:n]
         except (OSError, EOFError, ValueError):   # a damaged cache file is rebuilt, not trusted
             pass
     print(f"Regenerating {n_prompts * PAIRS_PER_PROMPT} {split} pairs from {track.policy} on {track.device} "
@@ -194,7 +193,7 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
         rows, _ = make_pairs(policy, tokenizer, load_gold(), prompts[:n_prompts], batch_prompts=batch_prompts,
                              max_new_tokens=max_new_tokens, log=None)
     del policy
-    write_jsonl(path, rows)
+    write_pairs(path, rows)
     return rows[:n]
 
 

@@ -19,7 +19,7 @@ Public entry points:
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Callable, Sequence
 
 import torch
@@ -31,13 +31,13 @@ from .history import RunHistory
 from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
 from .pairs import load_prompts
 from .rewards import gold_texts, load_gold
-from .rollout import sample, sequence_token_logprobs
+from .rollout import sample, sample_groups, sequence_token_logprobs
 
 RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (B,) scores (ModelReward, TextReward)
 
 @dataclass
 class PPOFunctions:
-    """The six functions of notebook 03 that the loop calls (signatures: course-design section 4)."""
+    """The six functions of notebook 03 that the loop calls (signatures: docs/conventions.md)."""
 
     kl_penalized_rewards: Callable
     masked_mean: Callable
@@ -91,14 +91,35 @@ def forward_logprobs_values(policy, input_ids, attention_mask, temperature, mask
     logprobs = gather(log_softmax(logits / temperature)) of the next tokens: the logits are divided
     by the sampling temperature, so these are the log-probs of the distribution the tokens were
     drawn from (otherwise the ratio is not 1 before the first update). Entropy is detached.
+    Only the positions where ``mask`` is 1 are projected onto the vocabulary (the rest of
+    ``logprobs`` is 0): on a small model that projection is most of the work, and PPO reads
+    nothing else.
     """
+    if not (hasattr(policy, "hidden_and_values") and hasattr(getattr(policy, "policy", None), "lm_head")):
+        return _forward_logprobs_values_all_positions(policy, input_ids, attention_mask, temperature, mask)
+    hidden, values = policy.hidden_and_values(input_ids, attention_mask)     # (B, T, H), (B, T)
+    keep = mask.bool()                                                        # (B, M)
+    logits = policy.policy.lm_head(hidden[:, :-1][keep]).float()             # (N, V) the masked positions only
+    if temperature != 1.0:
+        logits = logits / temperature
+    normalizer = logits.logsumexp(-1)                                         # (N,)
+    picked = logits.gather(-1, input_ids[:, 1:][keep][:, None]).squeeze(-1) - normalizer  # (N,)
+    logprobs = torch.zeros(keep.shape, dtype=picked.dtype, device=picked.device).masked_scatter(keep, picked)
+    with torch.no_grad():
+        probs = torch.softmax(logits, dim=-1)                                 # (N, V)
+        entropy = (normalizer - (probs * logits).sum(-1)).mean() if len(picked) else picked.sum()   # ()
+    return logprobs, values[:, :-1].float(), entropy
+
+
+def _forward_logprobs_values_all_positions(policy, input_ids, attention_mask, temperature, mask):
+    """``forward_logprobs_values`` for any ``policy(input_ids, attention_mask) -> (logits, values)``."""
     logits, values = policy(input_ids, attention_mask)                        # (B, T, V), (B, T)
     logp = torch.log_softmax(logits[:, :-1].float() / temperature, dim=-1)   # (B, M, V)
     logprobs = logp.gather(-1, input_ids[:, 1:, None]).squeeze(-1)           # (B, M)
     with torch.no_grad():
         entropy = -(logp.exp() * logp).sum(-1)                                # (B, M)
         entropy = (entropy * mask).sum() / mask.sum().clamp(min=1)            # ()
-    return logprobs, values[:, :-1].float(), entropy
+    return logprobs * mask, values[:, :-1].float(), entropy
 
 
 def prompt_ids_of(prompt) -> list[int]:
@@ -161,7 +182,7 @@ class PPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "PPOConfig":
-        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        """PPO sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             iterations=track.pick(cpu=30, gpu=150, grading=2),
             batch_size=track.pick(cpu=64, gpu=128, grading=8),
@@ -319,11 +340,10 @@ def normalize_reward(reward: ModelReward, ref_model, tokenizer, prompts: Sequenc
     sampler = torch.Generator(device=next(ref_model.parameters()).device).manual_seed(config.seed + 1)
     idx = torch.randint(len(prompts), (n,), generator=gen).tolist()
     raw = []
-    for start in range(0, n, config.batch_size):
-        chunk = [prompt_ids_of(prompts[i]) for i in idx[start:start + config.batch_size]]
-        ro = sample(ref_model, chunk, max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                    eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, generator=sampler)
-        raw.append(reward.reward_model(ro.input_ids, ro.attention_mask).float().cpu())
+    for part in sample_groups(ref_model, [prompt_ids_of(prompts[i]) for i in idx], 1, config.max_new_tokens,
+                              temperature=config.temperature, generator=sampler, tokenizer=tokenizer,
+                              prompts_per_call=config.batch_size):
+        raw.append(reward.reward_model(part.rollout.input_ids, part.rollout.attention_mask).float().cpu())
     raw = torch.cat(raw)
     return ModelReward(reward.reward_model, shift=float(raw.mean()), scale=float(raw.std().clamp(min=1e-6)))
 

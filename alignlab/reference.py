@@ -1,4 +1,4 @@
-"""The course's reference implementation of every exercise (course design, section 4).
+"""The course's reference implementation of every exercise (the contracts: docs/conventions.md).
 
 Pure functions of tensors, one per exercise, with the exercise's own name and
 signature; later notebooks import them. Shared conventions:

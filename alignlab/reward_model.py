@@ -10,6 +10,8 @@ Stable entry points (notebook 03 and later reuse them; keep the signatures):
   -- a trained reward model in eval mode, on the track's device (pass ``steps=`` to ``for_track`` for a
   shorter run). ``pairs`` is the training split of ``alignlab.pairs.load_pairs()``. The model carries ``.train_losses`` and
   ``.train_accuracies`` (lists of float). ``loss_fn`` defaults to ``reference.pairwise_reward_loss``.
+- ``stored_or_trained(name, config, track) -> RewardModel`` -- notebook 03's reward models (``PPO_REWARD_MODELS``):
+  on the tiny track, the copy ``make data`` trained with exactly this config, pairs and policy; otherwise trained here.
 - ``score_batch(reward_model, input_ids, attention_mask) -> (B,)`` -- rewards of collated sequences
   (e.g. a rollout's), any padding side.
 - ``score_pairs(reward_model, pairs, tokenizer) -> (chosen (N,), rejected (N,))`` and
@@ -22,17 +24,22 @@ pairs with a strictly positive gap (ties count as wrong).
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
-from dataclasses import dataclass, replace
-from typing import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable
 
 import matplotlib.pyplot as plt
 import torch
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import data as data_lib
-from . import models, reference, report
+from . import models, paths, reference, report
 from .config import select_track
+from .pairs import load_pairs
 
 LossFn = Callable[..., torch.Tensor]           # (chosen_rewards (B,), rejected_rewards (B,), margin=None) -> ()
 LastIndexFn = Callable[[torch.Tensor], torch.Tensor]  # attention_mask (B, T) -> (B,) long
@@ -56,7 +63,7 @@ class RewardModelConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "RewardModelConfig":
-        """Sizes for a track: the CPU defaults, larger on the GPU track, smallest under the grader."""
+        """Reward-model training sizes for ``track`` (CPU, GPU, grading); ``overrides`` replace any field."""
         cfg = cls(
             steps=track.pick(cpu=200, gpu=1500, grading=8),
             batch_size=track.pick(cpu=32, gpu=64, grading=8),
@@ -126,6 +133,78 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
     model.eval()
     model.train_losses, model.train_accuracies = losses, accuracies
     return model
+
+
+# ------------------------------------------------------------ notebook 03's reward models, built once
+# Notebook 03 optimizes a reward model with PPO and shows reward hacking against a weak one. Training them is
+# the same work notebook 02 already showed, so `make data` trains them once (scripts/build_reward_models.py)
+# and the tiny track loads them; any other track, scale or config trains them where it runs.
+PPO_REWARD_MODELS = {
+    "ppo": dict(steps=dict(cpu=200, gpu=1500, grading=8), learning_rate=dict(cpu=1e-3, gpu=1e-5)),
+    "weak": dict(steps=dict(cpu=40, gpu=150, grading=4), learning_rate=dict(cpu=1e-3, gpu=1e-5)),
+}
+
+
+def ppo_reward_model_config(name: str, track) -> RewardModelConfig:
+    """The config of notebook 03's reward model ``name`` ("ppo" or "weak") at the track's scale."""
+    if name not in PPO_REWARD_MODELS:
+        raise ValueError(f"unknown reward model {name!r}: one of {sorted(PPO_REWARD_MODELS)}")
+    return RewardModelConfig.for_track(track, **{k: track.pick(**v) for k, v in PPO_REWARD_MODELS[name].items()})
+
+
+def _fingerprint() -> str:
+    """What a stored reward model was trained from: the policy's weights and the pairs file."""
+    digest = hashlib.sha256()
+    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.PAIRS_FILE):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def save_stored(model, name: str, config: RewardModelConfig, folder: Path | None = None) -> Path:
+    """Store a tiny-track reward model as float16 safetensors (half the size; the build's own weights, rounded)."""
+    folder = Path(folder or paths.REWARD_MODELS_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().to(torch.float16).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / f"{name}.safetensors"))
+    (folder / f"{name}.safetensors").chmod(0o644)                   # readable by the grader's sandboxed users
+    meta = {"config": asdict(config), "trained_from": _fingerprint(),
+            "train_losses": model.train_losses, "train_accuracies": model.train_accuracies}
+    (folder / f"{name}.json").write_text(json.dumps(meta))
+    return folder / f"{name}.safetensors"
+
+
+def load_stored(name: str, config: RewardModelConfig, track, folder: Path | None = None):
+    """The stored reward model ``name`` if it was trained with ``config`` from today's policy and pairs, else None."""
+    folder = Path(folder or paths.REWARD_MODELS_DIR)
+    weights, meta_file = folder / f"{name}.safetensors", folder / f"{name}.json"
+    if track.name != "tiny" or not (weights.exists() and meta_file.exists()):
+        return None
+    meta = json.loads(meta_file.read_text())
+    if meta.get("config") != asdict(config) or meta.get("trained_from") != _fingerprint():
+        return None
+    model = build_reward_model(track, seed=config.seed)
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    model.load_state_dict(state)
+    model.train_losses, model.train_accuracies = meta["train_losses"], meta["train_accuracies"]
+    return model.to(track.device).eval()
+
+
+def stored_or_trained(name: str, track, pairs=None, progress: bool = True):
+    """Notebook 03's reward model ``name``: loaded if ``make data`` stored it for this config, else trained now.
+
+    ``pairs``: the training pairs (default ``load_pairs("train", track)``); only read when training.
+    Prints which of the two happened. The stored copy is float16-rounded, so its scores differ from a
+    fresh training run's by about 1e-3.
+    """
+    config = ppo_reward_model_config(name, track)
+    model = load_stored(name, config, track)
+    if model is not None:
+        print(f"reward model {name!r}: loaded the copy `make data` trained ({config.steps} steps, "
+              f"data/{paths.REWARD_MODELS_DIR.name}/{name}.safetensors)")
+        return model
+    print(f"reward model {name!r}: training it now ({config.steps} steps)")
+    return train_reward_model(pairs if pairs is not None else load_pairs("train", track), config, track=track,
+                              progress=progress)
 
 
 def _pair_rewards(model, batch, device):

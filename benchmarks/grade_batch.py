@@ -28,7 +28,8 @@ import threading
 import time
 from pathlib import Path
 
-from run_all import RESULTS, machine
+from calibrate import calibration, machine_line
+from run_all import RESULTS
 
 from alignlab.grading import __main__ as cli
 from alignlab.grading import batch, results
@@ -163,12 +164,13 @@ def main() -> int:
            "load_before": load_before, "load_after": load_after,
            "load_max_during": round(max(sampler.samples), 2) if sampler.samples else None,
            "full_marks": not problems, "error": "; ".join(problems)[:2000] or None}
-    report = {"date": dt.date.today().isoformat(), "machine": machine(), "rows": [row]}
+    report = {"date": dt.date.today().isoformat(), "machine": machine_line(), "calibration": calibration(),
+              "rows": [row]}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=1))
 
-    print(f"\n{report['date']}, {report['machine']}")
+    print(f"\n{report['date']}, {report['machine']}; calibration {json.dumps(report['calibration'])}")
     print(f"batch: {row['submissions']} submissions of {', '.join(names)}, {args.workers} workers, "
           f"{row['cpus']} CPUs ({row['cpus_usable']} usable)")
     print(f"wall {row['wall_s']} s (autograde {row['autograde_s']} s, feedback {row['feedback_s']} s), "

@@ -17,13 +17,14 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import platform
+import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("TQDM_DISABLE", "1")   # no progress bars between the figures
 
 import torch  # noqa: E402
@@ -34,6 +35,7 @@ from alignlab.dpo import DPOConfig, train_dpo  # noqa: E402
 from alignlab.models import PolicyWithValue, RewardModel, frozen_copy, load_policy, load_tokenizer  # noqa: E402
 from alignlab.ppo import ModelReward, PPOConfig, train_ppo  # noqa: E402
 from alignlab.reference import dpo_loss  # noqa: E402
+from calibrate import calibration, machine_line  # noqa: E402
 
 
 def time_dpo_step(track, pairs, repeats: int, **overrides) -> tuple[list[float], list[float]]:
@@ -83,8 +85,9 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     track = select_track("tiny")
-    print(f"{time.strftime('%Y-%m-%d %H:%M')}  {platform.processor() or platform.machine()}, "
+    print(f"{time.strftime('%Y-%m-%d %H:%M')}  {machine_line()}, "
           f"{torch.get_num_threads()} torch threads, torch {torch.__version__}, {track.name} track on {track.device}")
+    print(f"calibration (benchmarks/calibrate.py): {json.dumps(calibration())}")
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(wall times grow with other processes' load; CPU time much less)")
     cfg, pairs = DPOConfig.for_track(track), load_pairs("train", track)

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
-from alignlab.data import write_jsonl  # noqa: E402
+from alignlab.data import write_jsonl, write_pairs  # noqa: E402
 from alignlab.models import load_policy, load_tokenizer  # noqa: E402
 from alignlab.pairs import (ANNOTATOR_SEED, ANNOTATOR_TEMPERATURE, MAX_NEW_TOKENS, PROMPT_SEED,  # noqa: E402
                             SAMPLE_SEED, SAMPLES_PER_PROMPT, make_pairs, make_prompts, pair_stats)
@@ -45,7 +45,7 @@ def build(n_train: int = 3000, n_test: int = 500, out: Path | None = None) -> di
     t0 = time.time()
     rows, eos_rate = make_pairs(policy, tok, gold, prompts, log=lambda line: print(line, flush=True))
     seconds = time.time() - t0
-    write_jsonl(out / paths.PAIRS_FILE.name, rows)
+    write_pairs(out / paths.PAIRS_FILE.name, rows)
     metrics = {"prompts": {s: sum(p["split"] == s for p in prompts) for s in ("train", "test")},
                "samples_per_prompt": SAMPLES_PER_PROMPT, "max_new_tokens": MAX_NEW_TOKENS,
                "annotator_temperature": ANNOTATOR_TEMPERATURE, "eos_rate": eos_rate, "build_seconds": seconds,

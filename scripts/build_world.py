@@ -1,4 +1,5 @@
-"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, dataset card.
+"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, notebook 03's
+reward models, dataset card.
 
     .venv/bin/python scripts/build_world.py                  # everything (`make data`)
     .venv/bin/python scripts/build_world.py --only pairs,card
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "card", "arithmetic")   # arithmetic: notebook 06's world
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "card", "arithmetic")   # arithmetic: notebook 06's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -73,7 +74,7 @@ def write_card(path: Path = CARD) -> str:
 Everything the default (offline, CPU) track needs, built by `scripts/` with
 fixed seeds and committed here. Rebuild it all with `make data`
 (`scripts/build_world.py`: tokenizer, gold classifier, policy, prompts and
-pairs, this card). Every figure below was measured by the build and is
+pairs, notebook 03's reward models, this card). Every figure below was measured by the build and is
 rewritten by it.
 
 ## Files
@@ -85,6 +86,7 @@ rewritten by it.
 | `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
+| `reward-models/` | notebook 03's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
 
@@ -156,7 +158,8 @@ Pair fields: `split`, `prompt`, `prompt_ids`, `chosen`, `chosen_ids`,
 one was sampled), `gold_chosen`, `gold_rejected` (gold P(positive) of prompt
 + completion), `p_chosen` (the true probability that an annotator prefers the
 chosen one), `ref_chosen_logp`, `ref_rejected_logp` (summed completion
-log-probs under this policy at temperature 1: DPO's reference log-probs).
+log-probs under this policy at temperature 1: DPO's reference log-probs;
+`alignlab.data.read_pairs` names them `ref_chosen_logps`, `ref_rejected_logps`).
 
 ## Seeds
 
@@ -200,6 +203,8 @@ def main(argv=None):
         elif step == "pairs":
             from build_pairs import build
             print(build(args.train_prompts, args.test_prompts))
+        elif step == "reward_models":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_reward_models.py")], check=True)
         elif step == "card":
             write_card()
         elif step == "arithmetic":

@@ -147,7 +147,7 @@ def test_formgrader_lists_the_course_assignments(lab, browser):
 # Called with their defaults (the reference Bradley-Terry function where one is required): fast, no training.
 EXPLORERS = [
     ("preference", "bradley_terry_explorer", "preference.bradley_terry_explorer(reference.bradley_terry_probability);", 2),
-    ("dpo", "beta_explorer", "dpo.beta_explorer()", 1),
+    ("dpo_plots", "beta_explorer", "dpo_plots.beta_explorer()", 1),
 ]
 
 

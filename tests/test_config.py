@@ -70,3 +70,18 @@ def test_pick_scales_by_track():
     assert tiny.pick(cpu=1, gpu=2, grading=3) == 1
     assert gpu.pick(cpu=1, gpu=2, grading=3) == 2
     assert gpu.pick(cpu=1) == 1
+
+
+def test_an_explicit_gpt2_with_a_local_folder_uses_it_in_grading_mode(monkeypatch, tmp_path):
+    """Grading mode scales the run down; it must not throw away the folder and ask for the Hub."""
+    monkeypatch.setenv("ALIGNLAB_GPT2_PATH", str(tmp_path))
+    monkeypatch.setenv("NBGRADER_EXECUTION", "autograde")
+    monkeypatch.setattr(config, "hub_reachable", lambda timeout=2.0: pytest.fail("probed the Hub"))
+    by_argument = select_track("gpt2")
+    monkeypatch.setenv("ALIGNLAB_TRACK", "gpt2")
+    by_environment = select_track()
+    for track in (by_argument, by_environment):
+        assert track.name == "gpt2" and track.policy == str(tmp_path) and track.grading
+        assert track.pick(cpu=200, gpu=2000, grading=3) == 3          # grading scale wins over the gpu size
+    auto = select_track("auto")                                        # "auto" under the grader stays tiny
+    assert auto.name == "tiny" and auto.grading

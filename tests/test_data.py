@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from alignlab.data import collate, collate_pairs, load_reviews, read_jsonl, write_jsonl
+from alignlab.data import collate, collate_pairs, load_reviews, read_jsonl, read_pairs, write_jsonl, write_pairs
 from alignlab.pairs import load_pairs, load_prompts
 
 
@@ -66,18 +66,27 @@ def test_collate_bad_input_gets_clear_errors():
 
 def test_collate_pairs_gives_chosen_rejected_and_reference_logps():
     rows = [{"prompt_ids": [5, 6], "chosen_ids": [7, 0], "rejected_ids": [8, 9, 10],
-             "ref_chosen_logp": -3.5, "ref_rejected_logp": -7.0},
+             "ref_chosen_logps": -3.5, "ref_rejected_logps": -7.0},
             {"prompt_ids": [11], "chosen_ids": [12], "rejected_ids": [13, 0],
-             "ref_chosen_logp": -1.0, "ref_rejected_logp": -2.0}]
+             "ref_chosen_logps": -1.0, "ref_rejected_logps": -2.0}]
     b = collate_pairs(rows, pad_id=PAD)
     assert b["chosen_input_ids"].tolist() == [[5, 6, 7, 0], [11, 12, PAD, PAD]]
     assert b["rejected_completion_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 1, 1, 0, 0]]
     assert b["ref_chosen_logps"].tolist() == [-3.5, -1.0]
     assert b["ref_rejected_logps"].dtype == torch.float32
-    del rows[0]["ref_chosen_logp"]
+    del rows[0]["ref_chosen_logps"]
     assert "ref_chosen_logps" not in collate_pairs(rows, pad_id=PAD)
     with pytest.raises(ValueError, match="empty batch"):
         collate_pairs([], pad_id=PAD)
+
+
+def test_pair_files_keep_their_stored_key_names_and_rows_get_a_batch_s(tmp_path):
+    """On disk ref_chosen_logp (the committed file's format); in memory ref_chosen_logps, as in a batch and in TRL."""
+    rows = [{"prompt_ids": [5], "chosen_ids": [6], "rejected_ids": [7], "ref_chosen_logps": -1.5, "ref_rejected_logps": -2.5}]
+    write_pairs(tmp_path / "p.jsonl.gz", rows)
+    assert set(read_jsonl(tmp_path / "p.jsonl.gz")[0]) == {"prompt_ids", "chosen_ids", "rejected_ids",
+                                                           "ref_chosen_logp", "ref_rejected_logp"}
+    assert read_pairs(tmp_path / "p.jsonl.gz") == rows
 
 
 def test_jsonl_round_trip_plain_and_gzipped(tmp_path):
@@ -106,11 +115,11 @@ def test_pairs_rows_carry_everything_the_notebooks_need():
     pairs = load_pairs("test")
     assert len(pairs) >= 1000
     keys = {"prompt", "prompt_ids", "chosen", "chosen_ids", "rejected", "rejected_ids", "gold_chosen",
-            "gold_rejected", "p_chosen", "ref_chosen_logp", "ref_rejected_logp", "split"}
+            "gold_rejected", "p_chosen", "ref_chosen_logps", "ref_rejected_logps", "split"}
     for r in pairs[:300]:
         assert keys <= r.keys()
         assert 0 < len(r["chosen_ids"]) <= 24 and 0 < len(r["rejected_ids"]) <= 24
-        assert 0.0 <= r["p_chosen"] <= 1.0 and r["ref_chosen_logp"] < 0
+        assert 0.0 <= r["p_chosen"] <= 1.0 and r["ref_chosen_logps"] < 0
     noise = sum(r["gold_chosen"] < r["gold_rejected"] for r in pairs) / len(pairs)
     assert 0.02 < noise < 0.4      # Bradley-Terry labels: noisy, but mostly agree with gold
 

@@ -14,7 +14,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 matplotlib.use("Agg")
 
-from alignlab import dpo, reference  # noqa: E402
+from alignlab import dpo, dpo_plots, reference  # noqa: E402
 from alignlab.config import Track  # noqa: E402
 from alignlab.data import collate_pairs  # noqa: E402
 
@@ -41,13 +41,13 @@ def make_pairs(n: int, seed: int = 0) -> list[dict]:
 
 
 def with_stored_reference(rows, model):
-    """Copy of ``rows`` with ref_chosen_logp / ref_rejected_logp computed one row at a time under ``model``."""
+    """Copy of ``rows`` with ref_chosen_logps / ref_rejected_logps computed one row at a time under ``model``."""
     out = []
     for r in rows:
         batch = collate_pairs([r], pad_id=PAD)
         with torch.no_grad():
             c, rj = dpo.pair_logps(model.eval(), batch)
-        out.append({**r, "ref_chosen_logp": c.item(), "ref_rejected_logp": rj.item()})
+        out.append({**r, "ref_chosen_logps": c.item(), "ref_rejected_logps": rj.item()})
     return out
 
 
@@ -275,7 +275,7 @@ def test_beta_explorer_draws_with_the_given_functions():
         calls.append("p")
         return reference.dpo_preference_probability(*args)
 
-    widget = dpo.beta_explorer(prob, reference.dpo_gradient_weight)
+    widget = dpo_plots.beta_explorer(prob, reference.dpo_gradient_weight)
     assert "beta" in [c.description for c in widget.children if hasattr(c, "description")]
     widget.children[0].value = 1.0
     assert calls, "moving the slider should redraw with the learner's function"
@@ -292,7 +292,7 @@ def test_heldout_pairs_are_measured_without_training_on_them_and_memorization_sh
     assert history.heldout[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)     # policy = reference at step 0
     assert all(0.0 <= h["rewards/accuracies"] <= 1.0 for h in history.heldout)
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
-    fig = dpo.plot_history(history)
+    fig = dpo_plots.plot_history(history)
     labels = fig.axes[1].get_legend_handles_labels()[1]
     assert "held-out pairs" in labels and "training batches" in labels
 

@@ -85,7 +85,7 @@ EXTRA_CELLS = [
     # The course's two explorers (notebooks 01 and 04) under Colab's ipywidgets 7.7.1.
     'from alignlab import preference, reference\n'
     'preference.bradley_terry_explorer(reference.bradley_terry_probability);',
-    'from alignlab.dpo import beta_explorer\n'
+    'from alignlab.dpo_plots import beta_explorer\n'
     'beta_explorer()',
 ]
 

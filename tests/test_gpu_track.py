@@ -18,7 +18,7 @@ from alignlab.reference import dpo_loss
 from conftest import save_gpt2_shaped
 
 PAIR_FIELDS = {"split", "prompt", "prompt_ids", "chosen", "chosen_ids", "rejected", "rejected_ids",
-               "gold_chosen", "gold_rejected", "p_chosen", "ref_chosen_logp", "ref_rejected_logp"}
+               "gold_chosen", "gold_rejected", "p_chosen", "ref_chosen_logps", "ref_rejected_logps"}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_gpt2_pairs_are_regenerated_with_valid_ids_and_cached(track, capsys, mon
         assert all(0 <= i < len(tok) and i != tok.pad_token_id for i in r["chosen_ids"] + r["rejected_ids"])
         assert 0 < len(r["chosen_ids"]) <= pairs.MAX_NEW_TOKENS
         assert 0.0 <= r["gold_chosen"] <= 1.0 and 0.0 <= r["p_chosen"] <= 1.0
-        assert r["ref_chosen_logp"] < 0 and r["ref_rejected_logp"] < 0
+        assert r["ref_chosen_logps"] < 0 and r["ref_rejected_logps"] < 0
     # The second call reads the cache: no message, no sampling, the same rows.
     monkeypatch.setattr(pairs, "make_pairs", lambda *a, **k: pytest.fail("sampled again instead of using the cache"))
     again = load_pairs("train", track, n=10)
@@ -88,7 +88,7 @@ def test_dpo_loss_on_regenerated_pairs_is_finite_and_ref_logps_match_the_policy(
     rows = load_pairs("train", track, n=8)                            # the same 2 prompts: read from the cache
     batch = collate_pairs(rows, pad_id=load_tokenizer(track).pad_token_id)
     chosen, rejected = pair_logps(policy, batch)                       # (B,), (B,)
-    stored_c, stored_r = reference_logps(None, batch)                 # the rows' ref_*_logp, from the sampler
+    stored_c, stored_r = reference_logps(None, batch)                 # the rows' ref_*_logps, from the sampler
     ref_c, ref_r = reference_logps(frozen_copy(policy), batch)        # a frozen copy of the sampling policy
     # The sampler never samples pad (its logit is -inf), which renormalizes over the rest of the vocabulary:
     # with this untrained 600-token model that moves each token's log-prob by about 1/600, hence the tolerance.
@@ -101,13 +101,13 @@ def test_dpo_loss_on_regenerated_pairs_is_finite_and_ref_logps_match_the_policy(
 
 
 def test_tiny_track_returns_exactly_the_stored_rows():
-    from alignlab.data import read_jsonl
+    from alignlab.data import read_jsonl, read_pairs
     from alignlab.paths import PAIRS_FILE, PROMPTS_FILE
 
     tiny = config.select_track("tiny")
     assert load_prompts("test", tiny) == load_prompts("test") == [
         r for r in read_jsonl(PROMPTS_FILE) if r["split"] == "test"]
-    stored = [r for r in read_jsonl(PAIRS_FILE) if r["split"] == "test"]
+    stored = [r for r in read_pairs(PAIRS_FILE) if r["split"] == "test"]
     assert load_pairs("test", tiny) == stored
     assert load_pairs("test", None, n=5) == stored[:5]
 
@@ -117,3 +117,21 @@ def test_a_bad_size_or_track_is_refused(track):
         load_pairs("train", track, n=0)
     with pytest.raises(TypeError, match="select_track"):
         load_prompts("test", track="gpt2")
+
+
+def test_solution_notebooks_sample_with_a_generator_on_the_tracks_device():
+    """torch.multinomial refuses a CPU generator for CUDA probabilities: every sampling call in a notebook
+    that runs on the track's device must build its generator there (notebook 06's arithmetic model stays
+    on the CPU)."""
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    offenders = []
+    for path in sorted((root / "solutions").glob("*/*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            source = "".join(cell["source"])
+            for statement in source.split("\n\n"):
+                if "sample(" in statement and "torch.Generator()" in statement and "arithmetic.sample(" not in statement:
+                    offenders.append(f"{path.name}: {statement.strip().splitlines()[0]}")
+    assert offenders == []

@@ -5,7 +5,6 @@ They are graded in the same parallel batch as the solutions and the untouched no
 """
 from __future__ import annotations
 
-import os
 import re
 import time
 

@@ -9,7 +9,7 @@ import torch
 from alignlab import arithmetic as ar
 from alignlab import reference
 from alignlab.config import Track
-from alignlab.grpo import GRPOConfig, completion_logprobs, train_grpo
+from alignlab.grpo import GRPOConfig, completion_token_logps, train_grpo
 
 
 def ids(text: str) -> torch.Tensor:
@@ -56,7 +56,7 @@ def test_sampling_is_seeded_and_log_probs_match_sampling():
     a = ar.sample(model, problems, n=3, generator=torch.Generator().manual_seed(0))
     b = ar.sample(model, problems, n=3, generator=torch.Generator().manual_seed(0))
     assert torch.equal(a[1], b[1]) and a[0].shape == (18, ar.PROMPT_LEN)
-    lp = completion_logprobs(model, *a)
+    lp = completion_token_logps(model, *a)
     assert lp.shape == (18, ar.MAX_NEW) and torch.all(lp <= 0)
 
 

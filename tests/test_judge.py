@@ -207,3 +207,37 @@ def test_the_verdict_written_into_a_cell_is_what_nbgrader_scores():
     raised = cell([NotebookNode(output_type="error", ename="NameError", evalue="later", traceback=[])])
     apply_verdict(raised, Verdict(True, "", []), 2)
     assert determine_grade(raised)[0] == 2 and "The kernel also raised NameError" in raised.outputs[0].text
+
+
+@pytest.mark.slow
+def test_nbgrader_s_own_autograde_scores_the_judge_s_record(tmp_path):
+    """Without the parallel grader (nbgrader's autograde, formgrader's button) GradingExecute opens a judge session
+    itself: a check patched to print "passed" scores 0 through nbgrader's own scoring, and the cell says why."""
+    import shutil
+
+    from adversarial import PATCHED_CHECK, with_solution
+    from alignlab.grading import batch
+    from alignlab.grading.release import nbgrader_env
+    c = batch.Course(runtime=tmp_path / "runtime", db_url=f"sqlite:///{tmp_path / 'runtime' / 'gradebook.db'}")
+    nbgrader_env()
+    template = batch.template_gradebook(c, ["00_getting_started"], log=lambda *_: None)
+    work = tmp_path / "work"
+    (work / "submission").mkdir(parents=True)
+    student = nbformat.read(REPO / "notebooks" / "00_getting_started" / "00_getting_started.ipynb", as_version=4)
+    nbformat.write(with_solution(PATCHED_CHECK)(student), work / "submission" / "00_getting_started.ipynb")
+    shutil.copy(template, work / "template.db")
+    job = {"student": "patched", "assignment": "00_getting_started", "submission": str(work / "submission"),
+           "work_dir": str(work), "template_db": str(work / "template.db"), "cell_timeout": 300, "threads": 1,
+           "uid": None}
+    (work / "job.json").write_text(json.dumps(job))
+    env = {**{k: v for k, v in os.environ.items() if k != JUDGE_ENV}, "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "alignlab.grading.worker", str(work / "job.json")], env=env, check=True,
+                   timeout=600)
+    result = json.loads((work / "result.json").read_text())
+    grades = {g["id"]: g for nb in result["notebooks"].values() for g in nb["grades"]}
+    assert grades["test_log_softmax"]["auto_score"] == 0.0, result
+    graded = nbformat.read(work / "runtime" / "autograded" / "patched" / "00_getting_started" / "00_getting_started.ipynb",
+                           as_version=4)
+    cell = next(x for x in graded.cells if x.metadata.get("nbgrader", {}).get("grade_id") == "test_log_softmax")
+    text = "".join(o.get("text", "") for o in cell.outputs)
+    assert "public check passed" in text and "Grader's verdict 0/1: failed" in text, text

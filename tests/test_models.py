@@ -207,3 +207,23 @@ def test_a_value_model_copied_from_a_reward_model_scores_every_position(tiny):
         torch.testing.assert_close(v, before[k])
     with pytest.raises(TypeError, match="value_from"):
         PolicyWithValue.around(frozen_copy(policy), value_from="gold")
+
+
+def test_fast_forward_settings_change_the_cost_not_the_numbers():
+    """The fused tanh GELU and no KV cache in scoring forwards give GPT-2's own outputs (to float rounding)."""
+    from transformers import AutoModelForCausalLM
+
+    from alignlab import paths
+    from alignlab.models import fast_forward_settings, load_policy
+
+    plain = AutoModelForCausalLM.from_pretrained(str(paths.TINY_POLICY_DIR)).eval()
+    assert plain.config.activation_function == "gelu_new"
+    fast = load_policy(paths.TINY_POLICY_DIR)
+    assert fast.config.activation_function == "gelu_pytorch_tanh" and fast.config.use_cache is False
+    ids = torch.randint(0, 4000, (4, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    with torch.no_grad():
+        torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
+                                   plain(input_ids=ids, attention_mask=mask).logits, atol=1e-4, rtol=1e-4)
+    assert fast_forward_settings(torch.nn.Linear(2, 2)).weight.shape == (2, 2)   # not a GPT-2: untouched

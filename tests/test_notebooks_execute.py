@@ -1,14 +1,16 @@
 """Every solution notebook runs top to bottom from a fresh kernel without an error (as a learner runs it).
 
 Parametrized over the notebooks that exist. Run time and the slowest cells are printed (`pytest -s`);
-the budget (design section 8: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
+the budget (docs/conventions.md, Budgets: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
 Each run leaves the executed notebook and a line of figures (wall time, the kernel's peak memory,
 what the notebook recorded with alignlab.report.record) under build/test-artifacts/.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,7 +21,18 @@ import pytest
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from calibrate import calibration, machine_line  # noqa: E402
+
 SOLUTIONS = sorted(ROOT.glob("solutions/*/*.ipynb"))
+
+
+@functools.lru_cache(maxsize=1)
+def machine_and_calibration() -> dict:
+    """Measured once per session, so each recorded run time names its machine and speed (benchmarks/calibrate.py)."""
+    return {"machine": machine_line(), "calibration": calibration()}
+
+
 CELL_TIMEOUT_S = 1200    # a hang guard, not the budget: budgets are measured by benchmarks/
 ARTIFACTS = ROOT / "build" / "test-artifacts"
 
@@ -59,7 +72,8 @@ def test_solution_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
     figures = json.loads((tmp_path / "figures.json").read_text()) if (tmp_path / "figures.json").exists() else {}
     with open(ARTIFACTS / "notebook_runs.jsonl", "a") as log:
         log.write(json.dumps({"notebook": path.stem, "wall_s": round(seconds, 1), "peak_mb": peak["rss"] // 2**20,
-                              "date": time.strftime("%Y-%m-%d %H:%M"), "figures": figures}) + "\n")
+                              "date": time.strftime("%Y-%m-%d %H:%M"), **machine_and_calibration(),
+                              "figures": figures}) + "\n")
     errors = [(i, o.ename, o.evalue) for i, c in enumerate(nb.cells) if c.cell_type == "code"
               for o in c.outputs if o.output_type == "error"]
     print(f"{path.stem}: {seconds:.0f} s")

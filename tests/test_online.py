@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import replace
 
 import pytest
 import torch
@@ -20,7 +19,7 @@ def _pairs(n: int = 40, seed: int = 0) -> list[dict]:
         gc, gr = torch.rand(2, generator=g).tolist()
         rows.append({"prompt_ids": [1, 2], "chosen_ids": [3] * (1 + i % 5), "rejected_ids": [4] * (1 + i % 3),
                      "gold_chosen": max(gc, gr), "gold_rejected": min(gc, gr), "p_chosen": 0.8,
-                     "ref_chosen_logp": -float(i), "ref_rejected_logp": -2.0 * i, "split": "train"})
+                     "ref_chosen_logps": -float(i), "ref_rejected_logps": -2.0 * i, "split": "train"})
     return rows
 
 
@@ -36,7 +35,7 @@ def test_flip_everything_swaps_every_chosen_field_with_its_rejected_twin():
     for old, new in zip(pairs, flipped):
         assert new["chosen_ids"] == old["rejected_ids"] and new["rejected_ids"] == old["chosen_ids"]
         assert new["gold_chosen"] == old["gold_rejected"] and new["gold_rejected"] == old["gold_chosen"]
-        assert new["ref_chosen_logp"] == old["ref_rejected_logp"] and new["ref_rejected_logp"] == old["ref_chosen_logp"]
+        assert new["ref_chosen_logps"] == old["ref_rejected_logps"] and new["ref_rejected_logps"] == old["ref_chosen_logps"]
         assert new["p_chosen"] == pytest.approx(1 - old["p_chosen"])
         assert new["flipped"] and new["prompt_ids"] == old["prompt_ids"]
     assert variants.label_agreement(flipped) == 0.0 and variants.label_agreement(pairs) == 1.0
@@ -145,7 +144,7 @@ def test_online_pairs_put_the_best_scored_sample_first_with_reference_logps(tiny
             ids = torch.tensor([row["prompt_ids"] + row[f"{name}_ids"]])
             mask = torch.tensor([[0] * len(row["prompt_ids"]) + [1] * len(row[f"{name}_ids"])])
             expected = completion_logps(ref, ids, torch.ones_like(ids), mask).item()
-            assert row[f"ref_{name}_logp"] == pytest.approx(expected, abs=1e-4)
+            assert row[f"ref_{name}_logps"] == pytest.approx(expected, abs=1e-4)
 
 
 def test_a_group_of_equal_scores_gives_no_pair(tiny_world):

@@ -200,3 +200,32 @@ def test_ppo_raises_a_toy_reward_that_the_base_policy_meets_half_the_time(setup,
     first, last = sum(scores[:3]) / 3, sum(scores[-3:]) / 3
     assert 0.3 < first < 0.7, f"the toy reward should start near 0.5, got {first:.2f}"
     assert last > first + 0.3, f"PPO did not raise the toy reward: {first:.2f} -> {last:.2f} ({scores})"
+
+
+def test_projecting_only_the_masked_positions_changes_no_number():
+    """forward_logprobs_values' fast path (vocabulary projection at masked positions) equals the plain one."""
+    from alignlab.models import PolicyWithValue, load_policy
+    from alignlab.ppo import _forward_logprobs_values_all_positions
+    from alignlab import paths
+
+    torch.manual_seed(0)
+    for value_from in (None, "model"):
+        base = load_policy(paths.TINY_POLICY_DIR)
+        if value_from is None:
+            policy = PolicyWithValue(base)
+        else:
+            from alignlab.models import RewardModel
+            policy = PolicyWithValue.around(base, RewardModel(load_policy(paths.TINY_POLICY_DIR).transformer))
+        ids = torch.randint(5, 4000, (3, 9))
+        attention = torch.ones_like(ids)
+        attention[0, :2] = 0
+        mask = torch.zeros(3, 8)
+        mask[:, 4:] = 1
+        mask[2, 7] = 0
+        for temperature in (1.0, 0.7):
+            fast = forward_logprobs_values(policy, ids, attention, temperature, mask)
+            plain = _forward_logprobs_values_all_positions(policy, ids, attention, temperature, mask)
+            for a, b in zip(fast, plain):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+        fast[0].sum().backward()
+        assert all(p.grad is None or torch.isfinite(p.grad).all() for p in policy.parameters())

@@ -1,4 +1,4 @@
-"""The reference math obeys the contracts of course design section 4 (read these as the spec)."""
+"""The reference math obeys the contracts of docs/conventions.md (read these as the spec)."""
 import math
 
 import pytest

@@ -201,3 +201,43 @@ def test_gao_fit_recovers_a_known_law():
     gold = [0.5 + math.sqrt(k) * (0.3 - 0.1 * math.sqrt(k)) for k in kl]
     a, b = best_of_n.fit_gao(kl, gold)
     assert a == pytest.approx(0.3, abs=1e-9) and b == pytest.approx(0.1, abs=1e-9)
+
+
+def test_n_for_kl_finds_the_smallest_n_like_counting_up():
+    from alignlab.best_of_n import n_for_kl
+    from alignlab.reference import best_of_n_kl
+
+    for kl in (0.0, 0.05, 0.1931, 1.0, 3.1745, 7.3):
+        assert n_for_kl(best_of_n_kl, kl) == next(n for n in range(1, 10 ** 5) if best_of_n_kl(n) >= kl)
+    assert n_for_kl(best_of_n_kl, 54.0) is None                      # beyond n = 10 million
+
+
+# ------------------------------------------------------------------ notebook 03's stored reward models
+def test_the_stored_reward_models_are_today_s_and_load_only_for_their_own_config():
+    """`make data` stored notebook 03's two reward models; they load for the tiny track's CPU config, else None."""
+    tiny = Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", False, "test")
+    for name in reward_model.PPO_REWARD_MODELS:
+        config = reward_model.ppo_reward_model_config(name, tiny)
+        model = reward_model.load_stored(name, config, tiny)
+        assert model is not None, (f"data/reward-models/{name} is missing or stale (trained from another policy, "
+                                   "pairs or config): run `python scripts/build_reward_models.py`")
+        assert len(model.train_losses) == config.steps and not model.training
+        assert reward_model.load_stored(name, RewardModelConfig.for_track(tiny, steps=config.steps + 1), tiny) is None
+        assert reward_model.load_stored(name, config, Track("gpt2", "gpt2", "cpu", False, "test")) is None
+    grading = Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", True, "test")
+    assert reward_model.ppo_reward_model_config("ppo", grading).steps == 8      # grading mode trains its own, small
+
+
+def test_a_stored_reward_model_round_trips_at_float16_precision(toy_track, tmp_path, monkeypatch):
+    track, tok = toy_track
+    config = RewardModelConfig(steps=3, batch_size=8, warmup_steps=1)
+    model = reward_model.train_reward_model(toy_pairs(16), config, track=track, progress=False)
+    monkeypatch.setattr(reward_model, "_fingerprint", lambda: "fixed")
+    reward_model.save_stored(model, "toy", config, folder=tmp_path)
+    loaded = reward_model.load_stored("toy", config, track, folder=tmp_path)
+    ids, mask = torch.randint(0, 30, (4, 6)), torch.ones(4, 6, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(ids, mask), model(ids, mask), atol=5e-3, rtol=5e-3)
+    assert loaded.train_losses == model.train_losses
+    monkeypatch.setattr(reward_model, "_fingerprint", lambda: "another policy or pairs")
+    assert reward_model.load_stored("toy", config, track, folder=tmp_path) is None

@@ -5,7 +5,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 from alignlab import paths
 from alignlab.models import load_policy, load_tokenizer
-from alignlab.rollout import Rollout, sample, sequence_token_logprobs
+from alignlab.rollout import Rollout, draw, sample, sequence_token_logprobs
 
 
 
@@ -110,6 +110,10 @@ def test_bad_input_gets_clear_errors():
         sample(m, [[3]], 0)
     with pytest.raises(ValueError, match="distinct pad"):
         sample(m, [[3]], 5, pad_id=EOS)
+    class CudaGenerator:                      # stands in for torch.Generator(device="cuda") on a CPU-only machine
+        device = torch.device("cuda")
+    with pytest.raises(ValueError, match=r"torch.Generator\(device=track.device\)"):
+        sample(m, [[3]], 5, generator=CudaGenerator())     # on the GPU track it is the other way round
     with pytest.raises(ValueError, match="context"):
         sequence_token_logprobs(m, torch.ones(1, 40, dtype=torch.long), torch.ones(1, 40, dtype=torch.long))
     with pytest.raises(ValueError, match="non-empty"):
@@ -132,7 +136,7 @@ def test_scoring_lets_gradients_flow():
 
 
 def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
-    """The pairs' ref_*_logp were sampled from this very policy: a stale pairs file fails here."""
+    """The pairs' ref_*_logps were sampled from this very policy: a stale pairs file fails here."""
     from alignlab.data import collate_pairs
     from alignlab.pairs import load_pairs
     policy, tok = tiny
@@ -143,3 +147,34 @@ def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
             lp = sequence_token_logprobs(policy, b[f"{name}_input_ids"], b[f"{name}_attention_mask"])
             summed = (lp * b[f"{name}_completion_mask"][:, 1:]).sum(-1)                          # (B,)
             torch.testing.assert_close(summed, b[f"ref_{name}_logps"], atol=2e-3, rtol=1e-4)
+
+
+@pytest.mark.parametrize("V", [5, 64, 130, 4096])
+def test_draw_samples_the_softmax_and_never_a_zero_probability_token(V):
+    """draw() is an exact sampler: frequencies match softmax(logits) as closely as torch.multinomial's do."""
+    torch.manual_seed(V)
+    logits = torch.randn(2, V) * 2
+    logits[:, 1] = float("-inf")                       # like the pad token: never drawn
+    if V > 64:
+        logits[1, 64:] = float("-inf")                 # a whole block of zero mass
+    probs = torch.softmax(logits, -1)
+    n = 40_000
+    rows = torch.arange(2).repeat_interleave(n)
+    tokens, logps = draw(logits[rows], torch.Generator().manual_seed(0))
+    assert tokens.dtype == torch.long and tokens.shape == (2 * n,)
+    assert torch.isfinite(logps).all() and not (tokens == 1).any()
+    assert not (tokens[n:] >= 64).any() if V > 64 else True
+    torch.testing.assert_close(logps, torch.log(probs[rows, tokens]), atol=1e-5, rtol=0)
+    ours = torch.zeros(2, V).index_put_((rows, tokens), torch.ones(2 * n), accumulate=True) / n
+    baseline = torch.multinomial(probs, n, replacement=True, generator=torch.Generator().manual_seed(1))
+    theirs = torch.zeros(2, V).scatter_add_(1, baseline, torch.ones(2, n)) / n
+    tv_ours = 0.5 * (ours - probs).abs().sum(-1)
+    tv_theirs = 0.5 * (theirs - probs).abs().sum(-1)
+    assert (tv_ours < 1.5 * tv_theirs + 0.005).all(), (tv_ours, tv_theirs)
+
+
+def test_draw_with_one_possible_token_always_draws_it():
+    logits = torch.full((3, 200), float("-inf"))
+    logits[:, 137] = 0.0
+    tokens, logps = draw(logits, torch.Generator().manual_seed(0))
+    assert tokens.tolist() == [137, 137, 137] and torch.allclose(logps, torch.zeros(3))

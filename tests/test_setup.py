@@ -63,7 +63,7 @@ def test_ci_runs_the_readme_test_command():
 @pytest.mark.slow
 def test_make_lab_serves_the_notebooks():
     port = free_port()
-    args = f"LAB_ARGS=--no-browser --ServerApp.port_retries=0 --IdentityProvider.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"
+    args = "LAB_ARGS=--no-browser --ServerApp.port_retries=0 --IdentityProvider.token= --ServerApp.password= --ServerApp.ip=127.0.0.1"
     proc = subprocess.Popen(["make", "-s", "lab", f"PORT={port}", args], cwd=ROOT, start_new_session=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:

@@ -40,6 +40,7 @@ from safetensors.torch import save as save_tensors
 from torch import Tensor
 
 from .. import paths
+from .. import reference as course_reference
 
 MANIFEST = "manifest.json"
 RTOL = 1e-4   # relative tolerance: float32 arithmetic passes, bfloat16 arithmetic does not
@@ -257,8 +258,7 @@ def _code_of(fn) -> Any:
 
 
 def reference_function(name: str):
-    from .. import reference
-    return getattr(reference, name)
+    return getattr(course_reference, name)
 
 
 @contextlib.contextmanager

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from .. import reference as course_reference
+from ..data import collate_pairs
 from . import _wire
 from ._core import _quiet
 
@@ -46,8 +48,6 @@ def _model(seed: int):
 
 
 def _batch(n: int, seed: int) -> dict:
-    from ..data import collate_pairs
-
     g = torch.Generator().manual_seed(seed)
 
     def ids(lo, hi):
@@ -137,7 +137,6 @@ def make_reference(fn, hidden: bool = False) -> None:
 # ------------------------------------------------------------------ dpo_training_step
 def _expected_step(policy, reference, batch, beta: float, lr: float):
     """The loss and the policy's weights after one correct SGD step (computed on copies)."""
-    from .. import reference as course
     from ..dpo import pair_logps
 
     policy = copy.deepcopy(policy)
@@ -145,7 +144,7 @@ def _expected_step(policy, reference, batch, beta: float, lr: float):
     pc, pr = pair_logps(policy, batch)
     with torch.no_grad():
         rc, rr = pair_logps(reference, batch)
-    loss, _, _ = course.dpo_loss(pc, pr, rc, rr, beta)
+    loss, _, _ = course_reference.dpo_loss(pc, pr, rc, rr, beta)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -3,98 +3,12 @@ from __future__ import annotations
 
 import torch
 
-from ._core import Case, Exercise, Mistake, generator, randn, spans
+from ._core import Case, Exercise, generator, randn, spans
 from .mistakes import MISTAKES
 
 RIGHT = [(0, 4), (0, 6), (0, 2)]
 AFTER_PROMPT = [(2, 5), (1, 6), (3, 4)]
 UNEVEN = [(0, 1), (0, 6), (0, 3), (0, 5)]     # lengths 1, 6, 3, 5: the aggregations differ
-
-
-def _m(mask):
-    return mask.double()
-
-
-def _k(lp, ref, mask, *, inverted=False, half=0.5, masked=True, k3_sign=1.0):
-    lr = (lp - ref) if inverted else (ref - lp)
-    m = _m(mask) if masked else torch.ones_like(lp)
-    k1 = -lr * m
-    k2 = half * lr ** 2 * m
-    k3 = ((torch.exp(lr) - 1) - k3_sign * lr) * m
-    return k1, k2, k3
-
-
-KL_MISTAKES = [
-    Mistake("k2 without the 1/2", "k2 = 0.5 * (log ratio) ** 2: the 1/2 makes it match KL to second order.",
-            lambda lp, ref, m: _k(lp, ref, m, half=1.0)[1], output=1),
-    Mistake("k3 with the ratio inverted", "k3 uses r = pi_ref / pi = exp(ref_logprobs - logprobs): (r - 1) - log r.",
-            lambda lp, ref, m: _k(lp, ref, m, inverted=True)[2], output=2),
-    Mistake("k3 with + log r", "k3 = (r - 1) - log r: subtract log r (then it is never negative).",
-            lambda lp, ref, m: _k(lp, ref, m, k3_sign=-1.0)[2], output=2),
-    Mistake("k1 sign flipped", "k1 = logprobs - ref_logprobs = -log r (the sampled log-ratio of policy over reference).",
-            lambda lp, ref, m: -_k(lp, ref, m)[0], output=0),
-    Mistake("not masked", "Multiply each estimator by the mask: padding positions are 0.",
-            lambda lp, ref, m: _k(lp, ref, m, masked=False), output=None),
-]
-
-
-def _agg(losses, mask, aggregation):
-    m = _m(mask)
-    if aggregation == "sequence_mean":
-        return ((losses * m).sum(1) / m.sum(1)).mean()
-    if aggregation == "token_mean":
-        return (losses * m).sum() / m.sum()
-    if aggregation == "constant":
-        return (losses * m).sum() / (m.shape[0] * m.shape[1])
-    return (losses * m).sum() / m.shape[0]                       # "sum over tokens, mean over rows"
-
-
-def _grpo(lp, old, adv, mask, c, aggregation, *, combine=torch.maximum, sign=-1.0, clip="ratio", used=None):
-    a = adv[:, None]
-    ratio = torch.exp(lp - old)
-    if clip == "ratio":
-        clipped = torch.clamp(ratio, 1 - c, 1 + c)
-    elif clip == "log":
-        clipped = torch.exp(torch.clamp(lp - old, -c, c))
-    else:
-        clipped = ratio
-    if clip == "none":
-        losses = sign * a * ratio
-    else:
-        losses = combine(sign * a * ratio, sign * a * clipped)
-    return _agg(losses, mask, used or aggregation)
-
-
-
-ADVICE = {
-    "sequence_mean": "GRPO: the mean over rows of each row's masked mean (sum over its tokens / its length).",
-    "token_mean": "DAPO: one mean over all masked tokens of the batch (sum of l * mask / sum of mask).",
-    "constant": "Dr. GRPO: sum of l * mask divided by a fixed number, B * T (the padded width), not by the lengths.",
-    "sum_rows": "no aggregation divides by B alone: pick sequence_mean, token_mean or constant.",
-}
-
-
-def _aggregation_mistake(used):
-    def fn(lp, old, adv, m, c, aggregation):   # always aggregates as ``used``, whatever was asked
-        return _grpo(lp, old, adv, m, c, aggregation, used=used)
-    label = {"sequence_mean": "sequence_mean (GRPO)", "token_mean": "token_mean (DAPO)",
-             "constant": "constant (Dr. GRPO)", "sum_rows": "sum over tokens, mean over rows"}[used]
-    return Mistake(f"used the {label} aggregation", "Check which aggregation was asked for. " + ADVICE[used], fn)
-
-
-GRPO_MISTAKES = [
-    *(_aggregation_mistake(u) for u in ("sequence_mean", "token_mean", "constant", "sum_rows")),
-    Mistake("min instead of max", "The loss is the max of the two negated terms (the pessimistic bound).",
-            lambda *a: _grpo(*a, combine=torch.minimum)),
-    Mistake("minus sign missing", "Minimizing the loss must raise A * ratio: negate it, -A * ratio.",
-            lambda *a: _grpo(*a, sign=1.0)),
-    Mistake("clip on the wrong term: the log-ratio", "Clip the ratio to [1-c, 1+c], not the log-ratio to [-c, c].",
-            lambda *a: _grpo(*a, clip="log")),
-    Mistake("no clipping", "Take the max of -A * ratio and -A * clip(ratio, 1-c, 1+c).", lambda *a: _grpo(*a, clip="none")),
-]
-
-MISTAKES.setdefault("kl_estimators", KL_MISTAKES)
-MISTAKES.setdefault("grpo_policy_loss", GRPO_MISTAKES)
 
 
 def _kl_cases() -> list[Case]:
@@ -145,9 +59,9 @@ def _grpo_cases() -> list[Case]:
 
 
 EXERCISES = [
-    Exercise("kl_estimators", outputs=("k1", "k2", "k3"), build=_kl_cases, mistakes=KL_MISTAKES,
+    Exercise("kl_estimators", outputs=("k1", "k2", "k3"), build=_kl_cases, mistakes=MISTAKES["kl_estimators"],
              hint="log r = ref_logprobs - logprobs; k1 = -log r, k2 = 0.5 (log r)^2, k3 = (r - 1) - log r; each times the mask."),
-    Exercise("grpo_policy_loss", build=_grpo_cases, mistakes=GRPO_MISTAKES,
+    Exercise("grpo_policy_loss", build=_grpo_cases, mistakes=MISTAKES["grpo_policy_loss"],
              hint="l = max(-A ratio, -A clip(ratio, 1-c, 1+c)) per token, A broadcast over the row; then sequence_mean, "
                   "token_mean or constant (divide by B * T)."),
 ]

@@ -93,6 +93,58 @@ def _value(v, old, R, mask, c, half=0.5, combine=torch.maximum, clipped=None, us
     return half * (_mmean(losses, mask) if use_mask else losses.mean())
 
 
+def _k(lp, ref, mask, *, inverted=False, half=0.5, masked=True, k3_sign=1.0):
+    lr = (lp - ref) if inverted else (ref - lp)
+    m = _m(mask) if masked else torch.ones_like(lp)
+    k1 = -lr * m
+    k2 = half * lr ** 2 * m
+    k3 = ((torch.exp(lr) - 1) - k3_sign * lr) * m
+    return k1, k2, k3
+
+
+def _agg(losses, mask, aggregation):
+    m = _m(mask)
+    if aggregation == "sequence_mean":
+        return ((losses * m).sum(1) / m.sum(1)).mean()
+    if aggregation == "token_mean":
+        return (losses * m).sum() / m.sum()
+    if aggregation == "constant":
+        return (losses * m).sum() / (m.shape[0] * m.shape[1])
+    return (losses * m).sum() / m.shape[0]                       # "sum over tokens, mean over rows"
+
+
+def _grpo(lp, old, adv, mask, c, aggregation, *, combine=torch.maximum, sign=-1.0, clip="ratio", used=None):
+    a = adv[:, None]
+    ratio = torch.exp(lp - old)
+    if clip == "ratio":
+        clipped = torch.clamp(ratio, 1 - c, 1 + c)
+    elif clip == "log":
+        clipped = torch.exp(torch.clamp(lp - old, -c, c))
+    else:
+        clipped = ratio
+    if clip == "none":
+        losses = sign * a * ratio
+    else:
+        losses = combine(sign * a * ratio, sign * a * clipped)
+    return _agg(losses, mask, used or aggregation)
+
+
+AGGREGATION_ADVICE = {
+    "sequence_mean": "GRPO: the mean over rows of each row's masked mean (sum over its tokens / its length).",
+    "token_mean": "DAPO: one mean over all masked tokens of the batch (sum of l * mask / sum of mask).",
+    "constant": "Dr. GRPO: sum of l * mask divided by a fixed number, B * T (the padded width), not by the lengths.",
+    "sum_rows": "no aggregation divides by B alone: pick sequence_mean, token_mean or constant.",
+}
+
+
+def _aggregation_mistake(used):
+    def fn(lp, old, adv, m, c, aggregation):   # always aggregates as ``used``, whatever was asked
+        return _grpo(lp, old, adv, m, c, aggregation, used=used)
+    label = {"sequence_mean": "sequence_mean (GRPO)", "token_mean": "token_mean (DAPO)",
+             "constant": "constant (Dr. GRPO)", "sum_rows": "sum over tokens, mean over rows"}[used]
+    return Mistake(f"used the {label} aggregation", "Check which aggregation was asked for. " + AGGREGATION_ADVICE[used], fn)
+
+
 LOW_PRECISION = ("computed in low precision", "Upcast to float32 first (`.float()`), then compute; bfloat16 keeps only 3 significant digits.")
 OVERFLOW = ("log(sigmoid(x)) overflow", "sigmoid underflows to 0 for very negative x and log(0) = -inf: use torch.nn.functional.logsigmoid.")
 
@@ -205,16 +257,16 @@ MISTAKES: dict[str, list[Mistake]] = {
     ],
     "gae_advantages": [
         Mistake("bootstrapping from padding", "After a row's last masked token, V_{t+1} = 0: do not read values from padding.",
-                lambda r, v, m, g, l: _gae(r, v, m, g, l, mask_values=False), output=None),
+                lambda r, v, m, g, lam: _gae(r, v, m, g, lam, mask_values=False), output=None),
         Mistake("GAE leaking past the mask", "Reset the recursion outside the mask: rewards and values in padding must not flow back.",
-                lambda r, v, m, g, l: _gae(r, v, m, g, l, mask_values=False, mask_steps=False), output=None),
+                lambda r, v, m, g, lam: _gae(r, v, m, g, lam, mask_values=False, mask_steps=False), output=None),
         Mistake("gamma and lam swapped", "delta_t = r_t + gamma V_{t+1} - V_t and A_t = delta_t + gamma * lam * A_{t+1}.",
-                lambda r, v, m, g, l: _gae(r, v, m, l, g), output=None),
-        Mistake("lam missing", "Multiply by gamma * lam in the recursion, not gamma alone.", lambda r, v, m, g, l: _gae(r, v, m, g, 1.0), output=None),
-        Mistake("recursion run forwards", "GAE runs backwards in time: from the last step to the first.", lambda r, v, m, g, l: _gae(r, v, m, g, l, forward=True), output=None),
-        Mistake("returns without the values", "returns = advantages + values.", lambda r, v, m, g, l: _gae(r, v, m, g, l)[0], output=1),
+                lambda r, v, m, g, lam: _gae(r, v, m, lam, g), output=None),
+        Mistake("lam missing", "Multiply by gamma * lam in the recursion, not gamma alone.", lambda r, v, m, g, lam: _gae(r, v, m, g, 1.0), output=None),
+        Mistake("recursion run forwards", "GAE runs backwards in time: from the last step to the first.", lambda r, v, m, g, lam: _gae(r, v, m, g, lam, forward=True), output=None),
+        Mistake("returns without the values", "returns = advantages + values.", lambda r, v, m, g, lam: _gae(r, v, m, g, lam)[0], output=1),
         Mistake("not zero outside the mask", "Multiply advantages and returns by the mask.",
-                lambda r, v, m, g, l: tuple(x for x in _gae(r, v * _m(m), torch.ones_like(r), g, l)), output=None),
+                lambda r, v, m, g, lam: tuple(x for x in _gae(r, v * _m(m), torch.ones_like(r), g, lam)), output=None),
     ],
     "ppo_policy_loss": [
         Mistake("min instead of max", "The loss is the max of the two negated terms (the pessimistic bound).", lambda *a: _ppo(*a, combine=torch.minimum)[0]),
@@ -328,6 +380,28 @@ MISTAKES: dict[str, list[Mistake]] = {
         Mistake("std missing", "Divide by the group's std + eps.", lambda r, eps=1e-6: r - r.mean(1, keepdim=True)),
         Mistake("eps missing", "Add eps to the std: a group of equal rewards has std 0.", lambda r, eps=1e-6: (r - r.mean(1, keepdim=True)) / r.std(1, keepdim=True)),
         Mistake("divided by the variance", "Divide by the std, not the variance.", lambda r, eps=1e-6: (r - r.mean(1, keepdim=True)) / (r.var(1, keepdim=True) + eps)),
+    ],
+    "kl_estimators": [
+        Mistake("k2 without the 1/2", "k2 = 0.5 * (log ratio) ** 2: the 1/2 makes it match KL to second order.",
+                lambda lp, ref, m: _k(lp, ref, m, half=1.0)[1], output=1),
+        Mistake("k3 with the ratio inverted", "k3 uses r = pi_ref / pi = exp(ref_logprobs - logprobs): (r - 1) - log r.",
+                lambda lp, ref, m: _k(lp, ref, m, inverted=True)[2], output=2),
+        Mistake("k3 with + log r", "k3 = (r - 1) - log r: subtract log r (then it is never negative).",
+                lambda lp, ref, m: _k(lp, ref, m, k3_sign=-1.0)[2], output=2),
+        Mistake("k1 sign flipped", "k1 = logprobs - ref_logprobs = -log r (the sampled log-ratio of policy over reference).",
+                lambda lp, ref, m: -_k(lp, ref, m)[0], output=0),
+        Mistake("not masked", "Multiply each estimator by the mask: padding positions are 0.",
+                lambda lp, ref, m: _k(lp, ref, m, masked=False), output=None),
+    ],
+    "grpo_policy_loss": [
+        *(_aggregation_mistake(u) for u in ("sequence_mean", "token_mean", "constant", "sum_rows")),
+        Mistake("min instead of max", "The loss is the max of the two negated terms (the pessimistic bound).",
+                lambda *a: _grpo(*a, combine=torch.minimum)),
+        Mistake("minus sign missing", "Minimizing the loss must raise A * ratio: negate it, -A * ratio.",
+                lambda *a: _grpo(*a, sign=1.0)),
+        Mistake("clip on the wrong term: the log-ratio", "Clip the ratio to [1-c, 1+c], not the log-ratio to [-c, c].",
+                lambda *a: _grpo(*a, clip="log")),
+        Mistake("no clipping", "Take the max of -A * ratio and -A * clip(ratio, 1-c, 1+c).", lambda *a: _grpo(*a, clip="none")),
     ],
 }
 

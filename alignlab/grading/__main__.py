@@ -13,13 +13,17 @@ import argparse
 import filecmp
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from . import course
+from .batch import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DEFAULT_ZIP_REGEXP, Course, collect, grade, zip_collect
+from .release import assignments, release
+from .report import write_reports
+from .results import export, feedback
 
 
 def _release(args) -> int:
-    from .release import assignments, release
     names = args.assignment or assignments()
     if not args.check:
         release(names)
@@ -34,14 +38,11 @@ def _release(args) -> int:
 
 
 def _course(args):
-    from .batch import Course
     # --db-url, else ALIGNLAB_DB_URL, else SQLite in the runtime folder (with --runtime too, as --help says)
     return Course(runtime=args.runtime, db_url=args.db_url or course.configured_db_url())
 
 
 def _grade(args) -> int:
-    from .batch import collect, grade, zip_collect
-    from .results import export, feedback
     c = _course(args)
     if args.zip:
         if len(args.assignment or []) != 1:
@@ -68,7 +69,6 @@ def _grade(args) -> int:
 
 
 def _feedback(args) -> int:
-    from .results import feedback
     c = _course(args)
     pairs = [(p.parent.name, p.name) for p in sorted(c.autograded.glob("*/*"))
              if (not args.assignment or p.name in args.assignment) and (not args.student or p.parent.name in args.student)]
@@ -78,16 +78,12 @@ def _feedback(args) -> int:
 
 
 def _export(args) -> int:
-    from .results import export
     for path in export(_course(args)):
         print(f"wrote {path}")
     return 0
 
 
 def _report(args) -> int:
-    import time
-    from .report import write_reports
-    from .results import export
     start = time.perf_counter()
     c = _course(args)
     pages = write_reports(c, args.assignment)
@@ -98,7 +94,6 @@ def _report(args) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    from .batch import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DEFAULT_ZIP_REGEXP
     p = argparse.ArgumentParser(prog="python -m alignlab.grading", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)

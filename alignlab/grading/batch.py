@@ -21,6 +21,7 @@ import itertools
 import json
 import multiprocessing
 import os
+import re
 import tempfile
 import threading
 import shutil
@@ -28,14 +29,21 @@ import subprocess
 import warnings
 import sys
 import time
+import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from multiprocessing import forkserver
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import nbformat
+from nbgrader.api import Gradebook, MissingEntry
+from nbgrader.utils import parse_utc
+from tqdm.auto import tqdm
+
 from . import course, sandbox
 from .judge import HIDDEN_SEED_ENV, HIDDEN_SEED_FILE, Judge, Session, apply_verdicts, hidden_seed, save_records
+from .release import assignments as all_assignments
 from .release import make_config, nbgrader_env, release
 from .worker import REASON_LEN, run_job
 
@@ -73,11 +81,9 @@ class Course:
         self.work = self.runtime / "work"
 
     def gradebook(self):
-        from nbgrader.api import Gradebook
         return Gradebook(self.db_url, "alignlab")
 
     def has_assignment(self, name: str) -> bool:
-        from nbgrader.api import MissingEntry
         with self.gradebook() as gb:
             try:
                 gb.find_assignment(name)
@@ -100,8 +106,6 @@ def collect(c: Course, assignments=None, students=None) -> list[Job]:
 def unusable_zip_entries(zip_path: Path, regexp: str = DEFAULT_ZIP_REGEXP) -> list[str]:
     """Notebooks of an LMS zip that nbgrader's zip_collect would drop silently: the file name gives a student id
     that cannot be a folder ("." or "..", or holding a path separator), or does not match ``regexp`` at all."""
-    import re
-    import zipfile
     bad = []
     with zipfile.ZipFile(zip_path) as z:
         for name in z.namelist():
@@ -239,8 +243,6 @@ def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
     Made once from solutions/ and reused while solutions/ is unchanged. The main gradebook gets any
     assignment it lacks the same way (a fresh SQLite gradebook is simply a copy of the template).
     """
-    import hashlib
-    from .release import assignments as all_assignments
     names = sorted(set(assignments) | set(all_assignments()))
     src = Path(c.config.CourseDirectory.source_directory)
     digest = hashlib.sha256(b"".join(p.read_bytes() for a in names for p in sorted((src / a).glob("*.ipynb"))))
@@ -303,7 +305,6 @@ def lock_down(c: Course) -> None:
 # ------------------------------------------------------------------ import results
 def submission_timestamp(folder: Path):
     """The submission time from nbgrader's timestamp.txt (written by collect/zip_collect), or None."""
-    from nbgrader.utils import parse_utc
     try:
         return parse_utc((folder / "timestamp.txt").read_text().strip())
     except (OSError, ValueError):
@@ -313,7 +314,6 @@ def submission_timestamp(folder: Path):
 def graded_cells(c: Course, assignment: str) -> dict[str, dict[str, tuple[str, float, bool]]]:
     """notebook -> grade_id -> (source, points, manual) of every graded cell of the assignment's source notebooks
     (the instructor's, not the submission's: test cells as the gradebook restores them, hidden tests included)."""
-    import nbformat
     out = {}
     for path in sorted((Path(c.config.CourseDirectory.source_directory) / assignment).glob("*.ipynb")):
         cells = {}
@@ -379,7 +379,6 @@ def import_result(c: Course, job: Job) -> None:
         shutil.rmtree(dest)
     src = c.work / f"{job.student}__{job.assignment}" / "runtime" / "autograded" / job.student / job.assignment
     if ok and src.exists():
-        import nbformat
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dest))
         cells = graded_cells(c, job.assignment)
@@ -399,8 +398,6 @@ def import_result(c: Course, job: Job) -> None:
 def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT_S,
           cell_timeout: int = course.CELL_TIMEOUT_S, progress: bool = True, log=print) -> list[Job]:
     """Autograde ``jobs`` with ``workers`` processes, importing each result into the gradebook as it arrives."""
-    from tqdm.auto import tqdm
-
     nbgrader_env()
     if not jobs:
         log(f"nothing to grade under {c.submitted}")

@@ -14,8 +14,15 @@ Layout (course root = the repository):
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
+
+from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
+from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds, GetGrades,
+                                    IgnorePattern, LimitOutput, OverwriteKernelspec, SaveAutoGrades)
+
+from .preprocessors import GradingExecute, HideHiddenTests, KeepStderrVisible, LimitOutputChars, RobustOverwriteCells
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIR = "solutions"
@@ -51,7 +58,6 @@ def engine_url(url: str) -> str:
     """``url`` as SQLAlchemy should get it: ``postgresql://`` (and ``postgres://``) means SQLAlchemy's default
     PostgreSQL driver, psycopg 3 from SQLAlchemy 2.1 on; where only psycopg2 is installed (the dev extras'
     psycopg2-binary) the driver is named, ``postgresql+psycopg2://``. Other URLs are returned unchanged."""
-    import importlib.util
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgresql", "postgres") and importlib.util.find_spec("psycopg") is None \
             and importlib.util.find_spec("psycopg2") is not None:
@@ -66,14 +72,6 @@ def apply(c, root: Path | str = REPO_ROOT, runtime: Path | str | None = None, db
     ``root`` holds solutions/ and notebooks/; ``runtime`` (default autograder/runtime under root) holds
     the gradebook, submitted, autograded and feedback folders. Workers pass their own scratch runtime.
     """
-    from nbconvert.preprocessors import ClearMetadataPreprocessor, CSSHTMLHeaderPreprocessor
-    from nbgrader.preprocessors import (AssignLatePenalties, CheckCellMetadata, ClearOutput, DeduplicateIds,
-                                        GetGrades, IgnorePattern, LimitOutput, OverwriteKernelspec,
-                                        SaveAutoGrades)
-
-    from .preprocessors import (GradingExecute, HideHiddenTests, KeepStderrVisible, LimitOutputChars,
-                                RobustOverwriteCells)
-
     root = Path(root).resolve()
     runtime = Path(runtime).resolve() if runtime else runtime_dir(root)
 

@@ -34,8 +34,10 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import struct
+import tempfile
 import threading
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -337,6 +339,56 @@ def apply_verdicts(nb, verdicts: dict[str, Verdict], max_scores: dict[str, float
         grade_id = cell.get("metadata", {}).get("nbgrader", {}).get("grade_id")
         if grade_id in verdicts and cell.cell_type == "code":
             apply_verdict(cell, verdicts[grade_id], (max_scores or {}).get(grade_id))
+
+
+class ExecutionJudge:
+    """GradingExecute's link to the judge for one notebook run. Under the parallel grader (``ALIGNLAB_JUDGE`` set by
+    the worker) it only tells the grade process's judge which test cell runs. Under nbgrader's own autograde it opens
+    a session here, in nbgrader's (the instructor's) process, with the course's seed, keeps the seed out of the
+    kernel's environment, and writes the judge's verdict into each test cell, so that nbgrader scores the judge's
+    record."""
+
+    def __init__(self, config, log=None):
+        self.log, self.session, self._folder, self._saved = log, None, None, {}
+        if _wire.judge_address():
+            return
+        submitted = config.get("CourseDirectory", {}).get("submitted_directory") if config is not None else None
+        runtime = Path(submitted).parent if submitted else Path("autograder") / "runtime"
+        self._folder = Path(tempfile.mkdtemp(prefix="alignlab-judge-"))
+        self.session = Session(Judge(hidden_seed(runtime)), self._folder)
+        self._saved = {k: os.environ.pop(k, None) for k in (HIDDEN_SEED_ENV, _wire.JUDGE_ENV)}
+        os.environ[_wire.JUDGE_ENV] = self.session.address
+
+    def cell(self, grade_id: str | None) -> None:
+        """The test cell that runs now (None: it ended)."""
+        if self.session is not None:
+            self.session.cell = grade_id
+            return
+        try:
+            _wire.request({"op": "cell", "cell": grade_id})
+        except (OSError, ValueError) as exc:
+            if self.log is not None:
+                self.log.warning("could not tell the judge which cell runs: %r", exc)
+
+    def write_verdict(self, cell) -> None:
+        """With a session of our own: the judge's verdict replaces whatever the kernel showed."""
+        if self.session is None:
+            return
+        meta = cell.metadata.get("nbgrader", {})
+        verdict = self.session.cell_verdict(cell.source, meta.get("grade_id"))
+        if verdict is not None:
+            apply_verdict(cell, verdict, meta.get("points"))
+
+    def close(self) -> None:
+        if self.session is None:
+            return
+        self.session.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+        for k, v in self._saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def save_records(path: Path, session: Session, verdicts: dict[str, Verdict], extra: dict | None = None) -> None:

@@ -16,10 +16,7 @@
 """
 from __future__ import annotations
 
-import os
 import re
-import tempfile
-from pathlib import Path
 
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from nbformat.notebooknode import NotebookNode, from_dict
@@ -27,13 +24,11 @@ from nbgrader import utils
 from nbgrader.preprocessors import Execute, NbGraderPreprocessor, OverwriteCells
 from traitlets import Integer, List
 
-from ..checks._wire import JUDGE_ENV, judge_address, request
-from . import course
 from .hidden import HIDDEN_BEGIN, hidden_lines, strip_ansi, strip_hidden_region
-from .judge import HIDDEN_SEED_ENV, Judge, Session, apply_verdict, hidden_seed
-from .sandbox import KERNEL_EXEC_LINES
 
-GUARD_LINE = KERNEL_EXEC_LINES + "; import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()"
+# The kernel's first line: its sandbox (sandbox.enter_kernel: no processes), then the guard.
+GUARD_LINE = ("import alignlab.grading.sandbox as _alignlab_sandbox; _alignlab_sandbox.enter_kernel(); "
+              "import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()")
 RESTORE_CODE = "__import__('alignlab.grading.guard', fromlist=['restore_before_test']).restore_before_test({source!r})"
 KERNEL_DIED = "KernelDied"
 NOT_RUN = "NotRun"
@@ -47,49 +42,31 @@ class GradingExecute(Execute):
     """Execute every cell; install the guard first; if the kernel dies, mark the rest instead of failing."""
 
     extra_arguments = List([f"--IPKernelApp.exec_lines={GUARD_LINE}"]).tag(config=True)
-    _session = None             # a judge session of our own (nbgrader's own autograde only)
+    _judge = None               # judge.ExecutionJudge: this run's link to the judge
 
     def preprocess(self, nb, resources=None, km=None):
+        # Lazy: course.apply (every nbgrader command, formgrader) imports this module; the judge brings torch and
+        # the checks, needed only when a notebook is executed for grading.
+        from .judge import ExecutionJudge
         self._stopped = None        # why execution stopped early (the kernel died or cannot be interrupted)
-        self._session = None
-        if judge_address():         # the parallel grader's judge serves this kernel (and scores it)
-            return super().preprocess(nb, resources, km)
-        # nbgrader's own autograde: a judge here, in this (the instructor's) process; the seed stays out of the kernel
-        submitted = self.config.get("CourseDirectory", {}).get("submitted_directory")
-        runtime = Path(submitted).parent if submitted else course.runtime_dir()
-        folder = tempfile.mkdtemp(prefix="alignlab-judge-")
-        self._session = Session(Judge(hidden_seed(runtime)), Path(folder))
-        saved = {k: os.environ.pop(k, None) for k in (HIDDEN_SEED_ENV, JUDGE_ENV)}
-        os.environ[JUDGE_ENV] = self._session.address
+        self._judge = ExecutionJudge(self.config, self.log)
         try:
             return super().preprocess(nb, resources, km)
         finally:
-            self._session.close()
-            os.rmdir(folder)
-            for k, v in saved.items():
-                os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+            self._judge.close()
 
     def preprocess_cell(self, cell, resources, index):
         graded = cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell)
-        if graded:
-            self._tell_judge(cell.metadata["nbgrader"].get("grade_id"))
+        if graded and self._judge is not None:       # the judge counts only the checks this test cell runs
+            self._judge.cell(cell.metadata["nbgrader"].get("grade_id"))
         try:
             cell, resources = self._execute_cell(cell, resources, index)
         finally:
-            if graded:
-                self._tell_judge(None)
-        self._judge_cell(cell)
+            if graded and self._judge is not None:
+                self._judge.cell(None)
+        if graded and self._judge is not None:
+            self._judge.write_verdict(cell)
         return cell, resources
-
-    def _tell_judge(self, grade_id) -> None:
-        """Tell the judge which test cell runs (its verdict counts only the checks this cell ran)."""
-        if self._session is not None:
-            self._session.cell = grade_id
-        elif judge_address():
-            try:
-                request({"op": "cell", "cell": grade_id})
-            except (OSError, ValueError) as exc:
-                self.log.warning("could not tell the judge which cell runs: %r", exc)
 
     def _execute_cell(self, cell, resources, index):
         if cell.cell_type != "code":
@@ -116,13 +93,6 @@ class GradingExecute(Execute):
             cell.outputs.append(_error(KERNEL_DIED if isinstance(exc, DeadKernelError) else "CellTimeoutError", what))
             self.log.warning("%s; later graded cells score 0", self._stopped)
             return cell, resources
-
-    def _judge_cell(self, cell) -> None:
-        """With a session of our own: the judge's verdict replaces whatever the kernel showed."""
-        if self._session is not None and cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell):
-            verdict = self._session.cell_verdict(cell.source, cell.metadata["nbgrader"].get("grade_id"))
-            if verdict is not None:
-                apply_verdict(cell, verdict, cell.metadata.get("nbgrader", {}).get("points"))
 
     def _restore_guard(self, source: str) -> None:
         """Undo tampering before a test cell by a request of the grader's own (not an event the cells can remove)."""

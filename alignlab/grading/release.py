@@ -10,6 +10,9 @@ import os
 import sys
 from pathlib import Path
 
+from nbgrader.apps import NbGraderAPI
+from traitlets.config import Config
+
 from . import course
 
 
@@ -40,8 +43,8 @@ def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("solution"):
             src = "".join(cell["source"]).splitlines()
-            answers[meta["grade_id"]] = "\n".join(l for l in src if "### BEGIN SOLUTION" not in l
-                                                  and "### END SOLUTION" not in l)
+            answers[meta["grade_id"]] = "\n".join(line for line in src if "### BEGIN SOLUTION" not in line
+                                                  and "### END SOLUTION" not in line)
     for cell in student["cells"]:
         meta = cell.get("metadata", {}).get("nbgrader", {})
         if meta.get("grade_id") in answers:
@@ -50,7 +53,6 @@ def completed_student_notebook(name: str, root: Path | str = course.REPO_ROOT) -
 
 
 def make_config(root=course.REPO_ROOT, runtime=None, db_url=None, release_dir=None, cell_timeout=None):
-    from traitlets.config import Config
     c = Config()
     kwargs = {} if cell_timeout is None else {"cell_timeout": cell_timeout}
     course.apply(c, root=root, runtime=runtime, db_url=db_url, **kwargs)
@@ -65,8 +67,6 @@ def release(names: list[str] | None = None, release_dir=None, db_url=None, runti
     ``db_url`` is the gradebook to record the assignments in (default: the course gradebook).
     Returns the written notebook paths. Raises RuntimeError with nbgrader's log when a notebook fails.
     """
-    from nbgrader.apps import NbGraderAPI
-
     nbgrader_env()
     names = names or assignments()
     c = make_config(runtime=runtime, db_url=db_url, release_dir=release_dir)

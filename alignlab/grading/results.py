@@ -6,6 +6,7 @@ from pathlib import Path
 
 import nbformat
 from nbgrader.api import MissingEntry
+from nbgrader.apps import NbGraderAPI
 
 from .hidden import HIDDEN_BEGIN, HIDDEN_END, _public_lines, hidden_lines, html_text, leaks
 from .release import nbgrader_env
@@ -32,8 +33,6 @@ def summary_row(job) -> dict:
 
 def feedback(c, pairs: list[tuple[str, str]], log=print) -> list[Path]:
     """Feedback HTML for each (student, assignment) from the main gradebook; verified free of hidden tests."""
-    from nbgrader.apps import NbGraderAPI
-
     nbgrader_env()
     api = NbGraderAPI(config=c.config)
     secrets = {}

@@ -14,7 +14,7 @@ student's notebook. When the grader is root, worker and kernel run as a uid of t
   home, caches and temporary files in the workspace; an environment stripped to :func:`kernel_environment` (no
   gradebook URL, no hidden seed), which the kernel inherits. Setting the uid also makes the worker non-dumpable,
   so the kernel (same uid) cannot read its memory.
-- :func:`enter_kernel` (the kernel, before any student code; ``KERNEL_EXEC_LINES``): a seccomp filter on every
+- :func:`enter_kernel` (the kernel, before any student code: ``GradingExecute``'s exec_lines): a seccomp filter on every
   thread refuses ``fork``, ``vfork``, ``execve``, ``execveat`` and any ``clone`` that does not make a thread, so a
   submission starts no process (the reference cannot run in a subprocess, out of the profiler's sight, and nothing
   outlives the kernel); threads stay allowed, and those started with ``_thread`` run under the check's profiler
@@ -42,10 +42,8 @@ from pathlib import Path
 
 import psutil
 
-from ..checks._core import profile_raw_threads
-from . import course
+from .. import paths
 
-KERNEL_EXEC_LINES = "import alignlab.grading.sandbox as _alignlab_sandbox; _alignlab_sandbox.enter_kernel()"
 UID_BASE = 200_000               # far above any real account; one uid per submission, never reused in a batch
 _UIDS = itertools.count()
 _STATUS: list = []
@@ -169,7 +167,7 @@ def _blocked(path: Path) -> tuple[Path, Path] | None:
 
 def needed_paths() -> list[Path]:
     """What a submission's kernel must read: the interpreter, its standard library and packages, the course."""
-    return [Path(sys.executable), Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"]), course.REPO_ROOT]
+    return [Path(sys.executable), Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"]), paths.REPO_ROOT]
 
 
 def become(uid: int, scratch: Path) -> None:
@@ -325,6 +323,7 @@ def enter_kernel() -> str:
     Returns what was done (or why processes could not be forbidden); never raises."""
     if _KERNEL:
         return _KERNEL[0]
+    from ..checks._core import profile_raw_threads     # (lazy: see probe(); the kernel imports the checks anyway)
     profile_raw_threads()
     try:
         forbid_processes()

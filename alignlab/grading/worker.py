@@ -23,6 +23,8 @@ import warnings
 from pathlib import Path
 
 import nbformat
+from nbgrader.api import Gradebook
+from nbgrader.apps import NbGraderAPI
 
 from ..checks._wire import JUDGE_ENV
 from . import course, sandbox
@@ -72,8 +74,6 @@ def cell_reasons(nb) -> dict[str, str]:
 
 def read_results(db_url: str, assignment: str, student: str, autograded: Path) -> dict:
     """Scores and comments of one submission from a gradebook, with a reason for every lost point."""
-    from nbgrader.api import Gradebook
-
     notebooks = {}
     with Gradebook(db_url, "alignlab") as gb:
         submission = gb.find_submission(assignment, student)
@@ -92,8 +92,6 @@ def read_results(db_url: str, assignment: str, student: str, autograded: Path) -
 
 def grade(job: dict) -> dict:
     """Run nbgrader's autograde on the job's submission inside ``work_dir``; return the result dict."""
-    from nbgrader.apps import NbGraderAPI
-
     nbgrader_env()
     work = Path(job["work_dir"])
     student, assignment = job["student"], job["assignment"]

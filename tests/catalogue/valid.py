@@ -1,7 +1,7 @@
 """Valid alternatives: different but correct code for every exercise; each must keep its points.
 
 ``VALID = {exercise: [(name, fn), ...]}``. Same scheme as ``wrong.py``.
-Alternatives may call the reference versions of *earlier* exercises (design section 6).
+Alternatives may call the reference versions of *earlier* exercises (docs/conventions.md, What a notebook imports).
 """
 import math
 

@@ -1,8 +1,8 @@
 """Wrong implementations of every exercise: each must lose its points.
 
-``WRONG = {exercise: [(mistake, fn), ...]}``. Mistake names that match the list
-of course design section 5 ("no shift", "sign flipped", ...) are the ones the
-checks should also name in their message. See ``catalogue/__init__.py`` for the
+``WRONG = {exercise: [(mistake, fn), ...]}``. Mistake names that match the named
+mistakes of docs/conventions.md, Autograding ("no shift", "sign flipped", ...), are the
+ones the checks should also name in their message. See ``catalogue/__init__.py`` for the
 scheme (top-level functions, ``cell_source``).
 """
 import math

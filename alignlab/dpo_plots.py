@@ -1,0 +1,79 @@
+"""Plots for notebook 04: the curves of one DPO run, and the beta explorer (per-pair loss and gradient weight)."""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import matplotlib.pyplot as plt
+import torch
+
+from . import reference as ref_math
+from .dpo import DPOHistory
+
+
+def plot_history(history: DPOHistory, title: str = "DPO"):
+    """Loss, implicit-reward accuracy and margin per step (and on held-out pairs); gold reward and KL per evaluation."""
+    steps = history.column("step")
+    panels = 3 if history.evals else 2
+    fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
+    axes[0].plot(steps, history.column("loss"), lw=1, label="training batches")
+    axes[0].axhline(math.log(2), color="grey", ls=":", label="ln 2 (policy = reference)")
+    axes[0].set(xlabel="step", ylabel="loss", title=f"{title}: loss")
+    axes[1].plot(steps, history.column("rewards/accuracies"), lw=1, label="training batches")
+    if history.heldout:
+        held = [h["step"] for h in history.heldout]
+        axes[0].plot(held, [h["loss"] for h in history.heldout], "o-", ms=3, color="C2", label="held-out pairs")
+        axes[1].plot(held, [h["rewards/accuracies"] for h in history.heldout], "o-", ms=3, color="C2",
+                     label="held-out pairs")
+    margin = axes[1].twinx()
+    margin.plot(steps, history.column("rewards/margins"), lw=1, color="C1", alpha=0.6, label="margin (training)")
+    axes[1].set(xlabel="step", ylabel="implicit-reward accuracy", title="implicit rewards", ylim=(0, 1))
+    axes[0].legend(fontsize=8)
+    axes[1].legend(fontsize=8, loc="lower right")
+    margin.set_ylabel("margin r_w - r_l (training)", color="C1")
+    if history.evals:
+        ev = history.evals
+        axes[2].plot([e["step"] for e in ev], [e["gold"] for e in ev], "o-", label="gold")
+        kl = axes[2].twinx()
+        kl.plot([e["step"] for e in ev], [e["kl"] for e in ev], "s--", color="C3", label="KL")
+        axes[2].set(xlabel="step", ylabel="gold reward", title="gold reward and sequence KL")
+        kl.set_ylabel("sequence KL (nats)", color="C3")
+    fig.tight_layout()
+    return fig
+
+
+def beta_explorer(preference_probability_fn: Callable | None = None, gradient_weight_fn: Callable | None = None):
+    """An ipywidgets slider over beta: per-pair loss and gradient weight against the log-ratio difference h.
+
+    The functions have the exercise signatures (four (B,) log-prob tensors, beta); the
+    curves put h on the chosen policy log-prob and zeros elsewhere, so dpo_logits = h.
+    """
+    import ipywidgets as widgets
+
+    prob_fn = preference_probability_fn or ref_math.dpo_preference_probability
+    weight_fn = gradient_weight_fn or ref_math.dpo_gradient_weight
+    h = torch.linspace(-40, 40, 401, dtype=torch.float64)                   # (N,) log-ratio differences
+    zeros = torch.zeros_like(h)
+
+    def show(beta=0.1):
+        prob = prob_fn(h, zeros, zeros, zeros, beta)                         # (N,)
+        loss = -torch.log(prob.clamp(min=1e-300))                            # (N,) per-pair loss
+        weight = weight_fn(h, zeros, zeros, zeros, beta)                     # (N,)
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+        axes[0].plot(h, loss)
+        axes[0].set(xlabel="h = log-ratio(chosen) - log-ratio(rejected)", ylabel="-log sigmoid(beta h)",
+                    title=f"per-pair loss, beta = {beta:.3g}", ylim=(0, 5))
+        axes[1].plot(h, weight, color="C1")
+        axes[1].set(xlabel="h", ylabel="sigmoid(-beta h)", title="gradient weight", ylim=(0, 1.02))
+        for ax in axes:
+            ax.axvline(0, color="grey", lw=0.5)
+            ax.axvline(1 / beta, color="C2", ls=":", lw=1)
+        axes[1].text(1 / beta, 0.05, " h = 1/beta", color="C2", fontsize=8)
+        fig.tight_layout()
+        plt.show()
+
+    slider = widgets.FloatLogSlider(value=0.1, base=10, min=-2, max=0.5, step=0.05, description="beta")
+    return widgets.interactive(show, beta=slider)
+
+
+__all__ = ["plot_history", "beta_explorer"]
