@@ -112,6 +112,7 @@ def test_the_report_of_a_class_of_30_is_written_within_30_seconds(class_of_30):
 
 def test_the_report_is_self_contained_with_plots_and_the_named_mistakes(class_of_30):
     _, page, _, expected = class_of_30
+    assert page.parent.stat().st_mode & 0o077 == 0, "the reports hold every student's code: the instructor's only"
     text = page.read_text()
     assert len(re.findall(r"<img [^>]*src='data:image/png;base64,", text)) == 2
     assert not re.search(r"(src|href)=['\"](?!data:)", text), "the page loads something from outside itself"

@@ -299,7 +299,7 @@ def lock_down(c: Course) -> None:
     sandbox.lock_down(c.runtime, [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] +
                       ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []),
                       [c.submitted, c.autograded, c.feedback_dir, c.exports, c.runtime / JUDGE_RECORDS,
-                       c.work / "release", c.work / "release-main"])
+                       c.runtime / REPORTS, c.work / "release", c.work / "release-main"])
 
 
 # ------------------------------------------------------------------ import results
@@ -326,6 +326,7 @@ def graded_cells(c: Course, assignment: str) -> dict[str, dict[str, tuple[str, f
 
 
 JUDGE_RECORDS = "judge"          # runtime/judge/<assignment>/<student>.json: the judge's records (for the class report)
+REPORTS = "reports"              # runtime/reports/<assignment>.html: the class reports (every student's code: root's only)
 
 
 def judge_verdicts(c: Course, job: Job) -> dict:

@@ -21,6 +21,7 @@ import datetime as dt
 import html
 import io
 import json
+import os
 import re
 import statistics
 from collections import Counter
@@ -30,10 +31,9 @@ from pathlib import Path
 import nbformat
 from nbgrader.api import MissingEntry
 
-from .batch import JUDGE_RECORDS, Course, graded_cells
+from .batch import JUDGE_RECORDS, REPORTS, Course, graded_cells
 from .similarity import Pair, answer_cells, course_answers, same_code_pairs, similar_pairs, stubs
 
-REPORTS = "reports"
 
 # How a failing answer failed, when it matches no named mistake: (pattern in the judge's message, label)
 FAILURES = [
@@ -265,6 +265,7 @@ def write_reports(c: Course, assignments: list[str] | None = None) -> list[Path]
     out = []
     folder = c.runtime / REPORTS
     folder.mkdir(parents=True, exist_ok=True)
+    os.chmod(folder, 0o700)                  # every student's code is in it: the instructor's only
     for assignment in names:
         page = folder / f"{assignment}.html"
         page.write_text(render(build(c, assignment)), encoding="utf-8")
