@@ -12,11 +12,12 @@ PORT    ?= 8888
 PYTEST_ARGS ?=
 LAB_ARGS ?=
 GRADE_ARGS ?=
+REPORT_ARGS ?=
 # Jupyter refuses to run as root without --allow-root (containers, CI).
 ROOT_ARGS := $(if $(filter 0,$(shell id -u)),--allow-root)
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: lab test setup release references grade benchmarks data clean-runtime help
+.PHONY: lab test setup release references grade report benchmarks data clean-runtime help
 
 help:
 	@echo "make lab        set up (first time) and open the course in JupyterLab"
@@ -24,6 +25,7 @@ help:
 	@echo "make release    regenerate notebooks/ from solutions/ with nbgrader"
 	@echo "make references regenerate the checks' reference outputs (float64)"
 	@echo "make grade      autograde every submission in autograder/runtime/submitted"
+	@echo "make report     the class report (autograder/runtime/reports/*.html) and the grade CSVs"
 	@echo "make benchmarks measure notebook run times, grading times, teaching figures"
 	@echo "make data       rebuild the embedded world under data/ (about 40 min on 2 busy cores)"
 
@@ -52,6 +54,9 @@ references: setup
 
 grade: setup
 	$(BIN)/python -m alignlab.grading grade $(GRADE_ARGS)
+
+report: setup
+	$(BIN)/python -m alignlab.grading report $(REPORT_ARGS)
 
 benchmarks: setup
 	$(BIN)/python benchmarks/run_all.py

@@ -30,13 +30,14 @@ LAZY_ALLOWED = {
         "the same: alignlab.dpo imports transformers and the DPO loop, needed by the debugging exercise alone",
     ("grading/guard", "install", "alignlab.checks"):
         "install() must never raise: the grading kernel runs (and grades) even when the checks cannot be imported",
-    ("grading/guard", "install", "alignlab.checks.exercises"):
-        "the same: inside install()'s try, so a broken checks package cannot stop the kernel",
     ("grading/guard", "install", "alignlab.reference"):
-        "the same, in a try of its own; and imported after the hidden cases are built, as install() documents",
-    ("grading/worker", "run_job", "alignlab.checks._core"):
-        "keeps alignlab.checks out of the worker module's imports: sandbox_problem's probe imports this module as "
-        "root, then `import alignlab.checks` as the unprivileged uid, which must load the checks' files itself",
+        "the same, in a try of its own",
+    ("grading/preprocessors", "preprocess", ".judge"):
+        "course.apply (nbgrader_config.py: every nbgrader command, formgrader) imports this module; the judge brings "
+        "torch and the checks, needed only when a notebook is executed for grading",
+    ("grading/sandbox", "enter_kernel", "..checks._core"):
+        "keeps alignlab.checks (and torch) out of the sandbox module's imports: probe() imports this module as root, "
+        "then `import torch, alignlab.checks` as the unprivileged uid, which must load those files itself",
 }
 
 

@@ -13,8 +13,11 @@ import pytest
 import torch
 
 from alignlab import checks, reference
-from alignlab.checks._core import PRACTICE_SEED
+from alignlab.checks._core import inputs_only
+from alignlab.checks.exercises import EXERCISES as CHECKED
+from alignlab.checks.exercises import decode_replies, encode_replies, run_cases
 from alignlab.checks.mistakes import MISTAKES
+from alignlab.grading.judge import Judge
 from catalogue import cell_source, load_cell, slug
 from catalogue.valid import VALID
 from catalogue.wrong import WRONG
@@ -85,30 +88,40 @@ def test_a_valid_alternative_still_passes_after_the_round_trip_through_a_cell(ex
 
 
 # ------------------------------------------------------------------ whatever seed the grader holds
-# Hidden cases are built from the grader's seed (never stored), so every verdict must hold for any seed:
-# a valid answer never loses points on an unlucky draw, a wrong one never keeps them on a lucky one.
+# Hidden cases are built by the judge from the grader's seed (never stored), so every verdict must hold for any
+# seed: a valid answer never loses points on an unlucky draw, a wrong one never keeps them on a lucky one. The
+# verdicts here go the grader's way: the learner's side runs on the cases' inputs only, its replies travel
+# through the wire format, and the judge compares.
 GRADER_SEEDS = (1, 20_261_202, 987_654_321)
 
 
 @pytest.fixture(scope="module", params=GRADER_SEEDS, ids=lambda s: f"seed{s}")
 def grader_seed(request):
-    checks.exercises.prepare_hidden(request.param)
-    try:
-        yield request.param
-    finally:
-        checks.exercises.prepare_hidden(PRACTICE_SEED)
+    return Judge(request.param)
+
+
+def judged(judge, exercise, fn, hidden):
+    """None when the judge passes ``fn``, else its message."""
+    cases = judge.cases(exercise, hidden)
+    with contextlib.redirect_stdout(io.StringIO()):
+        replies = run_cases(CHECKED[exercise], fn, inputs_only(cases))
+    header, blob = encode_replies(replies, set())
+    record = judge.judge(exercise, hidden, cases, decode_replies(header, blob), header["code"])
+    return None if record.passed else record.message
 
 
 @pytest.mark.parametrize("exercise,label,fn", entries(VALID))
 def test_valid_alternative_keeps_its_points_whatever_the_grader_s_seed(exercise, label, fn, grader_seed):
-    message = verdict(exercise, fn, hidden=True)
-    assert message is None, f"{exercise}: with grader seed {grader_seed} the hidden check rejects a valid '{label}':\n{message}"
+    message = judged(grader_seed, exercise, fn, hidden=True)
+    assert message is None, f"{exercise}: with grader seed {grader_seed.seed} the judge rejects a valid '{label}':\n{message}"
 
 
 @pytest.mark.parametrize("exercise,label,fn", entries(WRONG))
 def test_wrong_implementation_loses_its_points_whatever_the_grader_s_seed(exercise, label, fn, grader_seed):
-    message = verdict(exercise, fn, hidden=False) or verdict(exercise, fn, hidden=True)
-    assert message is not None, f"{exercise}: with grader seed {grader_seed} the checks accept the wrong '{label}'"
+    message = judged(grader_seed, exercise, fn, hidden=False) or judged(grader_seed, exercise, fn, hidden=True)
+    assert message is not None, f"{exercise}: with grader seed {grader_seed.seed} the judge accepts the wrong '{label}'"
+    if label in {m.name for m in MISTAKES.get(exercise, [])}:
+        assert label in message, f"the judge should name the mistake '{label}':\n{message}"
 
 
 # ------------------------------------------------------------------ the catalogue itself, without the checks

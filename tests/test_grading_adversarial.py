@@ -5,6 +5,7 @@ They are graded in the same parallel batch as the solutions and the untouched no
 """
 from __future__ import annotations
 
+import re
 import time
 
 import nbformat
@@ -49,14 +50,61 @@ def test_the_redefined_check_is_reported_in_the_graded_notebook(graded):
     assert "original checks were restored" in text
 
 
-def test_the_hidden_cases_come_from_the_grader_s_seed_not_the_repository(graded):
-    """The kernel built its hidden cases from the course's seed (runtime/hidden_seed), not the practice seed."""
-    from alignlab.grading.batch import HIDDEN_SEED_FILE
-    seed = int((graded.course.runtime / HIDDEN_SEED_FILE).read_text())
-    assert seed != 0
-    nb = nbformat.read(graded.course.autograded / "adv_looks_up_references" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", 4)
-    printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert f"HIDDEN SEED {seed}" in printed, printed[:2000]
+def _test_cell_text(graded, student, grade_id="test_log_softmax") -> str:
+    nb = nbformat.read(graded.course.autograded / student / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", 4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == grade_id)
+    return "".join(o.get("text", "") + str(o.get("evalue", "")) for o in cell.outputs)
+
+
+def test_the_grade_is_the_judge_s_record_not_what_the_kernel_showed(graded):
+    """adv_patched_check switched the guard off and replaced the check with one that prints "passed": its test cell
+    raised nothing, so nbgrader scored it 1 from the kernel's outputs; the judge never received an answer from it,
+    so the gradebook has 0, and the graded notebook says why."""
+    job = graded.jobs[("adv_patched_check", ASSIGNMENT)]
+    cell = next(g for nb in job.result["notebooks"].values() for g in nb["grades"] if g["id"] == "test_log_softmax")
+    assert cell["kernel_score"] == 1.0 and cell["auto_score"] == 0.0, cell
+    with graded.course.gradebook() as gb:
+        assert gb.find_grade("test_log_softmax", ASSIGNMENT, ASSIGNMENT, "adv_patched_check").auto_score == 0
+    text = _test_cell_text(graded, "adv_patched_check")
+    assert "public check passed" in text and "Grader's verdict 0/1: failed" in text, text
+    assert "never reached the judge" in text
+
+
+def test_the_test_cell_shows_the_judge_s_verdict_and_the_named_mistake(graded):
+    text = _test_cell_text(graded, "adv_redefined_check")            # the real check ran (the guard restored it)
+    assert "Grader's verdict 0/1: failed" in text and "known mistake gives: exp overflow" in text, text
+    assert "Grader's verdict 1/1: passed" in _test_cell_text(graded, "solutions")
+
+
+def test_the_judge_records_the_named_mistake_and_the_reexecuted_reference(graded):
+    import json
+    records = graded.course.runtime / batch.JUDGE_RECORDS / ASSIGNMENT
+    wrong = json.loads((records / "wrong.json").read_text())
+    assert any(r["mistake"] for r in wrong["records"]), wrong
+    copied = json.loads((records / "adv_reexecuted_reference.json").read_text())
+    graded_runs = [r for r in copied["records"] if r["cell"] == "test_log_softmax"]
+    assert len(graded_runs) == 2 and all(r["same_code"] == "alignlab.reference.log_softmax" for r in graded_runs), copied
+    assert copied["cells"]["test_log_softmax"]["passed"]          # a flag for the report, not a zero
+    honest = json.loads((records / "honest_original.json").read_text())
+    assert not any(r["same_code"] for r in honest["records"]), honest
+
+
+def test_the_hidden_seed_is_found_nowhere_a_submission_could_reach(graded):
+    """The seed stays in the grade process: no workspace file, log, graded notebook, feedback page or export holds
+    it, the /proc reader saw no trace of it, and only runtime/hidden_seed (root's, 0600) stores it."""
+    from alignlab.grading.judge import HIDDEN_SEED_ENV, HIDDEN_SEED_FILE
+    seed_file = graded.course.runtime / HIDDEN_SEED_FILE
+    seed = seed_file.read_text().strip()
+    assert len(seed) >= 6 and int(seed) != 0
+    assert seed_file.stat().st_mode & 0o077 == 0
+    found = []
+    for path in graded.course.runtime.rglob("*"):
+        if path.is_file() and path != seed_file and seed.encode() in path.read_bytes():
+            found.append(str(path))
+    assert not found, f"the hidden seed is in {found}"
+    text = _test_cell_text(graded, "adv_environ_reader", "log_softmax")
+    assert "ENVIRON READER" in text and "/proc/self/environ" in text, text[:2000]
+    assert HIDDEN_SEED_ENV not in text and seed not in text
 
 
 def test_huge_output_is_truncated_in_the_graded_notebook(graded):
@@ -187,3 +235,22 @@ def test_references_are_compared_with_the_committed_tree(tmp_path, monkeypatch):
     assert {victim.name, "manifest.json"} <= set(batch.uncommitted_references())
     assert batch.reference_hashes()[victim.name] != batch.hashlib.sha256(
         (batch.course.REPO_ROOT / "autograder" / "references" / victim.name).read_bytes()).hexdigest()
+
+
+def test_the_class_report_flags_the_two_copies_with_their_pairs_and_no_honest_student(graded):
+    """The report of this very batch: the reference re-executed from its source is flagged next to the reference,
+    the classmate's renamed and reformatted copy next to the original; the honest students are not flagged."""
+    from alignlab.grading import report
+    page = report.write_reports(graded.course, [ASSIGNMENT])[0]
+    text = page.read_text()
+    flags = text.split("id='similarity'", 1)[1].split("id='attention'", 1)[0]
+    titles = set(re.findall(r"<h3>log_softmax: (\S+) &harr; ([^<]+)</h3>", flags))
+    for case in CASES:
+        if case.copy_of == "reference":
+            assert (case.name, "course reference") in titles, titles
+        elif case.copy_of:
+            assert tuple(sorted((case.name, case.copy_of))) in {tuple(sorted(t)) for t in titles}, titles
+    flagged = {name for pair in titles for name in pair}
+    assert not flagged & {"honest_alt", "stubs"}, titles
+    assert {frozenset(t) for t in titles if "honest_original" in t} == {frozenset(("honest_original", "adv_copied_classmate"))}
+    assert "exp overflow (maximum not subtracted)" in text.split("id='mistakes'", 1)[1].split("</table>", 1)[0]

@@ -7,8 +7,7 @@ import pytest
 import torch
 
 from alignlab import checks, paths, reference
-from alignlab.checks._core import (HIDDEN_SEED_ENV, MANIFEST, PRACTICE_SEED, ReferenceDataError, build_hidden,
-                                   hidden_cases, load_cases)
+from alignlab.checks._core import MANIFEST, PRACTICE_SEED, ReferenceDataError, build_hidden, hidden_cases, load_cases
 from alignlab.checks.exercises import EXERCISES
 
 SCRIPT = paths.REPO_ROOT / "scripts" / "make_references.py"
@@ -106,19 +105,15 @@ def test_the_grader_s_seed_draws_other_hidden_inputs_with_the_same_structure():
                 assert not any(x.shape == y.shape and torch.equal(x, y) for y in public), (name, "a hidden input is stored")
 
 
-def test_prepare_hidden_reads_the_seed_from_the_environment_once_and_drops_it(monkeypatch):
-    monkeypatch.setenv(HIDDEN_SEED_ENV, "4242")
-    try:
-        assert checks.exercises.prepare_hidden() == 4242
-        assert HIDDEN_SEED_ENV not in __import__("os").environ
-        graded = hidden_cases(EXERCISES["dpo_loss"])
-        expected = build_hidden(EXERCISES["dpo_loss"], 4242)
-        assert all(torch.equal(a.args["policy_chosen_logps"], b.args["policy_chosen_logps"]) for a, b in zip(graded, expected))
-        # a learner's cell that edits the cases it was given changes nothing for the next check
-        graded[0].expected[0].add_(1.0)
-        assert torch.equal(hidden_cases(EXERCISES["dpo_loss"])[0].expected[0], expected[0].expected[0])
-    finally:
-        checks.exercises.prepare_hidden(PRACTICE_SEED)
+def test_hidden_cases_of_a_seed_are_fresh_copies_each_time():
+    graded = hidden_cases(EXERCISES["dpo_loss"], 4242)
+    expected = build_hidden(EXERCISES["dpo_loss"], 4242)
+    assert all(torch.equal(a.args["policy_chosen_logps"], b.args["policy_chosen_logps"]) for a, b in zip(graded, expected))
+    # a caller that edits the cases it was given changes nothing for the next one
+    graded[0].expected[0].add_(1.0)
+    assert torch.equal(hidden_cases(EXERCISES["dpo_loss"], 4242)[0].expected[0], expected[0].expected[0])
+    assert not torch.equal(hidden_cases(EXERCISES["dpo_loss"])[0].args["policy_chosen_logps"],
+                           graded[0].args["policy_chosen_logps"])       # the practice seed draws other inputs
 
 
 def test_expected_outputs_are_the_reference_in_float64():

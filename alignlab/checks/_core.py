@@ -8,10 +8,11 @@ them in float64 and stores inputs and expected outputs under
 loads them back (refusing a missing or tampered file).
 
 *Hidden* cases are never stored: :func:`hidden_cases` builds them from the same
-builders with a seed of the grader's (``ALIGNLAB_HIDDEN_SEED``, read once by
-:func:`prepare_hidden` in the grading kernel before any student code runs; the
-practice seed 0 elsewhere) and solves them with the reference in float64, so
-the repository holds no hidden input or expected output to look up.
+builders with a seed and solves them with the reference in float64. In a
+learner's kernel that is the practice seed 0; the grader's seed never enters a
+student's process: under the grader the hidden cases are built by the judge
+(``alignlab/grading/judge.py``), outside the kernel, which only receives their
+inputs.
 
 :func:`call_learner` calls the learner's function and raises an
 ``AssertionError`` a learner can act on: which case, which input, expected
@@ -19,14 +20,15 @@ against got, and the named mistake when the answer matches a known one.
 """
 from __future__ import annotations
 
+import _thread
 import contextlib
 import hashlib
 import inspect
 import io
 import json
-import os
 import sys
 import threading
+import types
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,12 +217,10 @@ def encode_cases(exercise: Exercise, cases: list[Case]) -> tuple[bytes, bytes]:
     return meta.encode(), save_tensors(dict(sorted(tensors.items())))
 
 
-# ------------------------------------------------------------------ hidden cases: built from the grader's seed
-HIDDEN_SEED_ENV = "ALIGNLAB_HIDDEN_SEED"
-PRACTICE_SEED = 0            # a learner's own hidden=True runs; the grader's seed replaces it when grading
+# ------------------------------------------------------------------ hidden cases: built from a seed
+PRACTICE_SEED = 0            # a learner's own hidden=True runs; under the grader the judge holds the grader's seed
 _SALT: list[int] = []        # the seed that generator() mixes in while hidden cases are built
-_HIDDEN: dict[str, tuple[bytes, bytes]] = {}   # exercise -> its encoded hidden cases (immutable bytes)
-_HIDDEN_SEED: list[int] = []
+_HIDDEN: dict[tuple[str, int], tuple[bytes, bytes]] = {}   # (exercise, seed) -> its encoded hidden cases
 
 
 @contextlib.contextmanager
@@ -233,11 +233,6 @@ def salted(seed: int):
         _SALT.pop()
 
 
-def hidden_seed() -> int:
-    """The seed hidden cases are built from: the grader's (see :func:`prepare_hidden`), else the practice seed."""
-    return _HIDDEN_SEED[0] if _HIDDEN_SEED else PRACTICE_SEED
-
-
 def build_hidden(exercise: Exercise, seed: int) -> list[Case]:
     """The exercise's hidden cases built with ``seed`` and solved with the reference in float64."""
     with salted(seed), torch.enable_grad():
@@ -245,25 +240,18 @@ def build_hidden(exercise: Exercise, seed: int) -> list[Case]:
     return [c for c in cases if c.hidden]
 
 
-def hidden_cases(exercise: Exercise) -> list[Case]:
-    """Fresh copies of the exercise's hidden cases (never read from the repository)."""
-    if exercise.name not in _HIDDEN:
-        _HIDDEN[exercise.name] = encode_cases(exercise, build_hidden(exercise, hidden_seed()))
-    return decode_cases(*_HIDDEN[exercise.name])
+def hidden_cases(exercise: Exercise, seed: int = PRACTICE_SEED) -> list[Case]:
+    """Fresh copies of the exercise's hidden cases for ``seed`` (never read from the repository)."""
+    key = (exercise.name, int(seed))
+    if key not in _HIDDEN:
+        _HIDDEN[key] = encode_cases(exercise, build_hidden(exercise, seed))
+    return decode_cases(*_HIDDEN[key])
 
 
-def prepare_hidden(exercises, seed: int | None = None) -> int:
-    """Build every exercise's hidden cases now, from ``seed`` or ``$ALIGNLAB_HIDDEN_SEED`` (then removed from the
-    environment), else the practice seed. The grading kernel calls this before any student code runs, so the
-    reference and torch are the library's own when the expected outputs are computed. Returns the seed used."""
-    if seed is None:
-        raw = os.environ.pop(HIDDEN_SEED_ENV, "")
-        seed = int(raw) if raw.strip().isdigit() else PRACTICE_SEED
-    _HIDDEN.clear()
-    _HIDDEN_SEED[:] = [int(seed)]
-    for exercise in exercises:
-        hidden_cases(exercise)
-    return int(seed)
+def inputs_only(cases: list[Case]) -> list[Case]:
+    """Copies of ``cases`` without their expected outputs, gradients or scale: what a learner's process may see."""
+    return [Case(name=c.name, args=c.args, hidden=c.hidden, grad=c.grad, grad_weight=c.grad_weight, raises=c.raises)
+            for c in cases]
 
 
 # ------------------------------------------------------------------ calling the learner
@@ -297,20 +285,68 @@ def _same_code(code, target) -> bool:
                               and code.co_names == target.co_names and code.co_filename == target.co_filename)
 
 
-def call_learner(exercise: Exercise, fn: Callable, case: Case, args: list[Any]) -> Any:
+def code_fingerprint(code) -> str:
+    """What a code object computes, independent of its file name and line numbers: a digest of its bytecode,
+    names, variable names and constants (docstring included; nested code objects by their own fingerprint).
+    The reference compiled again from its source under another file name has the reference's fingerprint."""
+    digest = hashlib.sha256()
+
+    def feed(c):
+        digest.update(c.co_code)
+        digest.update(repr((c.co_names, c.co_varnames)).encode())
+        for k in c.co_consts:
+            if isinstance(k, types.CodeType):
+                feed(k)
+            else:
+                digest.update(repr(sorted(map(repr, k)) if isinstance(k, frozenset) else k).encode())
+    feed(code)
+    return digest.hexdigest()[:32]
+
+
+_RAW_THREADS: list = []      # the original _thread.start_new_thread, once profile_raw_threads() wrapped it
+
+
+def profile_raw_threads() -> None:
+    """Make threads started with ``_thread.start_new_thread`` (not only ``threading.Thread``) run under the profiler
+    that ``threading.setprofile`` set. The grading kernel calls it before any student code, so a student's cell
+    can only ever reach the wrapper."""
+    if _RAW_THREADS:
+        return
+    original = _thread.start_new_thread
+    _RAW_THREADS.append(original)
+
+    def start_new_thread(function, args, kwargs=None):
+        hook = threading.getprofile()
+
+        def run(*a, **k):
+            if hook is not None:
+                sys.setprofile(hook)
+            return function(*a, **k)
+        return original(run, args, kwargs or {})
+
+    _thread.start_new_thread = start_new_thread
+    if getattr(threading, "_start_new_thread", None) is original:
+        threading._start_new_thread = start_new_thread
+
+
+def call_learner(exercise: Exercise, fn: Callable, case: Case, args: list[Any], codes: set | None = None) -> Any:
     """Call ``fn(*args)``; turn its exceptions and any delegation into AssertionErrors.
 
     A profiler watches the call (and any thread it starts) for the reference of this exercise, a copy of
-    its code, or an attempt to switch the profiler off; any of them scores nothing.
+    its code, or an attempt to switch the profiler off; any of them scores nothing. ``codes``, when given,
+    collects every code object the call ran (the judge compares their fingerprints with the reference's).
     """
     target = _code_of(reference_function(exercise.name))
     seen, tampered, armed = [], [], [True]
+    ran = codes if codes is not None else set()
 
     def profiler(frame, event, arg):
         if not armed[0]:
             return
-        if event == "call" and _same_code(frame.f_code, target):
-            seen.append(True)
+        if event == "call":
+            ran.add(frame.f_code)
+            if _same_code(frame.f_code, target):
+                seen.append(True)
         elif event == "c_call" and any(arg is f for f in _PROFILE_SETTERS):
             tampered.append(getattr(arg, "__qualname__", repr(arg)))
 
@@ -408,8 +444,8 @@ def as_tensor_output(x) -> Tensor | None:
     return x.detach() if isinstance(x, Tensor) else None
 
 
-def diagnose(exercise: Exercise, case: Case, index: int, got: Tensor) -> str:
-    """The names of known mistakes whose answer equals ``got`` on this case ('' when none matches)."""
+def matching_mistakes(exercise: Exercise, case: Case, index: int, got: Tensor) -> list[Mistake]:
+    """The known mistakes whose answer equals ``got`` on this case (and differs from the expected answer)."""
     found = []
     for mistake in exercise.mistakes:
         if mistake.output is not None and mistake.output != index:
@@ -429,11 +465,21 @@ def diagnose(exercise: Exercise, case: Case, index: int, got: Tensor) -> str:
         if candidate.shape == got.shape and close(got, candidate, rtol, atol) \
                 and not close(candidate, _expected_tensor(case.expected[index]), *tolerances(case)):
             found.append(mistake)
+    return found
+
+
+def explain_mistakes(found: list[Mistake]) -> str:
+    """The diagnosis a learner reads: the first matching mistake, its advice, and any other that matches."""
     if not found:
         return ""
     m = found[0]
     also = f" (It also matches: {', '.join(x.name for x in found[1:])}.)" if len(found) > 1 else ""
     return f"\n  This is what a known mistake gives: {m.name}. {m.advice}{also}"
+
+
+def diagnose(exercise: Exercise, case: Case, index: int, got: Tensor) -> str:
+    """The names of known mistakes whose answer equals ``got`` on this case ('' when none matches)."""
+    return explain_mistakes(matching_mistakes(exercise, case, index, got))
 
 
 def _expected_tensor(x) -> Tensor:

@@ -13,6 +13,10 @@ construction: the loss sits at ln 2 and nothing learns. The learner fixes
 ``checks.make_reference(fn)`` and ``checks.dpo_training_step(fn)`` prove the
 fix on a small random GPT-2: the reference is unchanged after a step, no
 gradient reaches it, the loss is DPO's, and the policy moves as one step of DPO.
+
+Their cases are models and optimizers, not tensors, so these two checks run in the kernel even under the
+grader; their verdict is then reported to the judge, which records it as the kernel's own report
+(autograder/README.md, "Known limits").
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ import torch
 
 from .. import reference as course_reference
 from ..data import collate_pairs
+from . import _wire
 from ._core import _quiet
 
 __all__ = ["make_reference", "dpo_training_step"]
@@ -63,12 +68,37 @@ def _call(name: str, fn, *args):
         raise AssertionError(f"{name}: your function raised {type(error).__name__}: {error}") from error
 
 
+def _report(name: str, hidden: bool, passed: bool, message: str) -> None:
+    """Under the grader: tell the judge this in-kernel check's verdict (recorded as self-reported)."""
+    if _wire.judge_address():
+        try:
+            _wire.request({"op": "report", "check": name, "hidden": bool(hidden), "passed": bool(passed),
+                           "message": message[:20_000]})
+        except (OSError, ValueError):
+            pass
+
+
+def _reported(check):
+    """``check`` whose verdict, under the grader, is also reported to the judge."""
+    def run(fn, hidden: bool = False) -> None:
+        try:
+            check(fn, hidden)
+        except AssertionError as error:
+            _report(check.__name__, hidden, False, str(error))
+            raise
+        _report(check.__name__, hidden, True, f"{check.__name__}: passed")
+    run.__name__ = run.__qualname__ = check.__name__
+    run.__doc__ = check.__doc__
+    return run
+
+
 def _shares_storage(a, b) -> bool:
     ptrs = {p.data_ptr() for p in a.parameters()}
     return any(p.data_ptr() in ptrs for p in b.parameters())
 
 
 # ------------------------------------------------------------------ make_reference
+@_reported
 def make_reference(fn, hidden: bool = False) -> None:
     """Check ``fn(policy)`` returns a frozen copy: equal weights, separate storage, no gradient, eval mode."""
     seeds = (0, 1, 2) if hidden else (0,)
@@ -153,6 +183,7 @@ def _step_case(fn, name: str, batch: dict, beta: float, same_weights: bool, lr: 
         raise AssertionError(f"dpo_training_step: {why} (largest weight difference {worst:.2e})." + where)
 
 
+@_reported
 def dpo_training_step(fn, hidden: bool = False) -> None:
     """Check one DPO step: reference unchanged and without gradient, loss correct, policy updated as DPO's step."""
     cases = [("4 pairs, different reference", _batch(4, 0), 0.1, False)]

@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from .. import paths
+from . import _wire
 
 __all__ = ["multiple_choice"]
 
@@ -116,15 +117,33 @@ def is_correct(question_id: str, answer) -> tuple[bool, str]:
     return True, decrypt(q["explanation"], q["salt"], normalized)
 
 
-def multiple_choice(question_id: str, answer) -> None:
-    """Check an answer: prints the explanation when right; raises AssertionError with a hint (never the answer) when wrong."""
+def verdict(question_id: str, answer, shown: str | None = None) -> tuple[bool, str]:
+    """(passed?, the message a learner reads): the explanation when right, a hint (never the answer) when wrong.
+    ``shown``: the answer as the learner typed it, for the message (default: ``answer``)."""
     if answer is None or answer is Ellipsis or not normalize(answer):
-        raise AssertionError(f"{question_id}: not answered yet. In the answer cell above this check, set the variable "
-                             "it names to your letter as a string (e.g. \"b\") and delete the raise line.")
+        return False, (f"{question_id}: not answered yet. In the answer cell above this check, set the variable "
+                       "it names to your letter as a string (e.g. \"b\") and delete the raise line.")
     correct, text = is_correct(question_id, answer)
     if not correct:
-        raise AssertionError(f"{question_id}: {str(answer).strip()!r} is not the answer. Hint: {text}")
-    print(f"{question_id}: correct. {text}")
+        return False, f"{question_id}: {(shown if shown is not None else str(answer)).strip()!r} is not the answer. Hint: {text}"
+    return True, f"{question_id}: correct. {text}"
+
+
+def multiple_choice(question_id: str, answer) -> None:
+    """Check an answer: prints the explanation when right; raises AssertionError with a hint (never the answer) when wrong.
+    Under the grader the judge gives the verdict (and records it); the answer travels normalized."""
+    if _wire.judge_address() and answer is not None and answer is not Ellipsis and normalize(answer):
+        try:
+            header, _ = _wire.request({"op": "answer", "question": str(question_id), "answer": normalize(answer),
+                                       "shown": str(answer).strip()[:200]})
+        except (OSError, ValueError) as error:
+            raise AssertionError(f"{question_id}: the grader's judge cannot be reached ({error}); no verdict.") from None
+        passed, text = bool(header.get("passed")), str(header.get("message", ""))
+    else:
+        passed, text = verdict(question_id, answer)
+    if not passed:
+        raise AssertionError(text)
+    print(text)
 
 
 # ------------------------------------------------------------------ the command line

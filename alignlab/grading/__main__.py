@@ -3,7 +3,9 @@
     release   regenerate notebooks/ from solutions/ (nbgrader generate_assignment); --check compares instead
     grade     collect (folders or an LMS zip), autograde in parallel, feedback, export
     feedback  regenerate feedback from the gradebook (after manual grading in formgrader)
-    export    write grades.csv from the gradebook
+    export    write grades.csv (and canvas_grades.csv, for Canvas's gradebook import) from the gradebook
+    report    the class report: one HTML page per assignment (scores, pass rates, named mistakes, similarity
+              flags, submissions to look at), from the gradebook and the judge's records; also the CSVs
 """
 from __future__ import annotations
 
@@ -11,11 +13,13 @@ import argparse
 import filecmp
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from . import course
 from .batch import DEFAULT_TIMEOUT_S, DEFAULT_WORKERS, DEFAULT_ZIP_REGEXP, Course, collect, grade, zip_collect
 from .release import assignments, release
+from .report import write_reports
 from .results import export, feedback
 
 
@@ -79,6 +83,16 @@ def _export(args) -> int:
     return 0
 
 
+def _report(args) -> int:
+    start = time.perf_counter()
+    c = _course(args)
+    pages = write_reports(c, args.assignment)
+    for path in pages + export(c):
+        print(f"wrote {path}")
+    print(f"report: {len(pages)} assignment(s) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m alignlab.grading", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,6 +133,13 @@ def parser() -> argparse.ArgumentParser:
     e = sub.add_parser("export", help="write runtime/exports/grades.csv from the gradebook")
     course_args(e)
     e.set_defaults(run=_export)
+
+    rp = sub.add_parser("report", help="write the class report (runtime/reports/<assignment>.html) and the grade CSVs",
+                       description="From the gradebook and the judge's records of the last grade: per assignment, the "
+                                   "score distribution, pass rate and named mistakes per exercise, similarity flags "
+                                   "with both sources side by side, and the submissions to look at.")
+    course_args(rp)
+    rp.set_defaults(run=_report)
     return p
 
 

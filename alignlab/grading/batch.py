@@ -3,17 +3,16 @@
 Design: each submission is autograded by its own worker process (``worker.py``) in a scratch course under
 ``runtime/work/<student>__<assignment>/`` with a private copy of a *template* gradebook (the assignment's
 source cells, made once per batch). Up to ``workers`` run at a time, each under a wall-clock timeout after
-which its whole process tree (nbgrader and the kernel) is killed. Isolation (``sandbox()``): when the grader
-runs as root, each submission's worker and kernel run as a fresh unprivileged uid of their own, in a
-workspace owned by that uid (mode 0700) holding private copies of the submission and the template; the
-main gradebook, the template, the references, the exports and the other workspaces are root's and not
-writable (nor readable, for the runtime's files) by it, and after the submission ends every process of that
-uid is killed (daemons included). Without root the grader warns and only kills the worker's process tree.
-The references are hashed in memory before the batch and verified after every submission. Only this parent
-process writes the main gradebook, one result at a time as they arrive: it sets the automatic scores and comments and never touches
-manual scores or manual comments, so re-grading keeps every grade given in formgrader. A submission whose
-worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the others are
-unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
+which its whole process tree (nbgrader and the kernel) is killed. Isolation is ``sandbox.py``'s (prepare the
+workspace and its uid here, enter it in the worker and the kernel, reap every process of the uid afterwards).
+The truth is the judge's (``judge.py``): this process holds the hidden seed and one judge session per submission,
+whose records, not the kernel's outputs, give each test cell its score. The references are hashed in memory
+before the batch and checked after every submission (sandboxed, a change is someone regenerating them: a
+warning, and grading goes on; not sandboxed, the submission that ran meanwhile is failed and flagged). Only this
+parent process writes the main gradebook, one result at a time as they arrive: it sets the automatic scores and
+comments and never touches manual scores or manual comments, so re-grading keeps every grade given in formgrader.
+A submission whose worker fails, hangs or dies is recorded with score 0, flagged for review, with its reason; the
+others are unaffected. The main gradebook can be SQLite or PostgreSQL (``db_url``).
 """
 from __future__ import annotations
 
@@ -23,7 +22,8 @@ import json
 import multiprocessing
 import os
 import re
-import secrets
+import tempfile
+import threading
 import shutil
 import subprocess
 import warnings
@@ -31,19 +31,21 @@ import sys
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from multiprocessing import forkserver
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-import psutil
+import nbformat
 from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.utils import parse_utc
 from tqdm.auto import tqdm
 
-from ..checks._core import HIDDEN_SEED_ENV
-from . import course
+from . import course, sandbox
+from .judge import HIDDEN_SEED_ENV, HIDDEN_SEED_FILE, Judge, Session, apply_verdicts, hidden_seed, save_records
 from .release import assignments as all_assignments
 from .release import make_config, nbgrader_env, release
-from .worker import run_job, sandbox_problem
+from .worker import REASON_LEN, run_job
 
 warnings.filterwarnings("ignore", module="sqlalchemy")
 warnings.filterwarnings("ignore", message=".*not in session.*")
@@ -62,6 +64,7 @@ class Job:
     result: dict = field(default_factory=dict)   # filled in by the worker (see worker.py)
     seconds: float = 0.0         # wall time of the worker
     cell_timeout: int | None = None   # this submission's cell time limit (default: the batch's)
+    judge: Any = None            # the judge's session of this submission (its records decide the test cells' scores)
 
 
 class Course:
@@ -138,138 +141,90 @@ def zip_collect(c: Course, zip_path: Path, assignment: str, regexp: str = DEFAUL
 
 
 # ------------------------------------------------------------------ run the workers
-def _kill_tree(pid: int) -> None:
-    try:
-        parent = psutil.Process(pid)
-        procs = parent.children(recursive=True) + [parent]
-    except psutil.NoSuchProcess:
-        return
-    for p in procs:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(procs, timeout=10)
-
-
 _CONTEXT = None
 
 
+_CONTEXT_LOCK = threading.Lock()
+
+
 def _context():
-    """Workers fork from a clean single-threaded server that has nbgrader imported once (saves ~5 s each)."""
+    """Workers fork from a clean single-threaded server that has nbgrader imported once (saves ~5 s each). The
+    server starts without the hidden seed in its environment (it is the judge's alone)."""
     global _CONTEXT
-    if _CONTEXT is None:
-        _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload(["alignlab.grading.worker", "nbgrader.apps", "nbgrader.api",
-                                         "nbgrader.preprocessors", "nbconvert", "nbclient"])
+    with _CONTEXT_LOCK:
+        if _CONTEXT is None:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(["alignlab.grading.worker", "nbgrader.apps", "nbgrader.api",
+                                            "nbgrader.preprocessors", "nbconvert", "nbclient"])
+            saved = os.environ.pop(HIDDEN_SEED_ENV, None)
+            try:
+                forkserver.ensure_running()
+            finally:
+                if saved is not None:
+                    os.environ[HIDDEN_SEED_ENV] = saved
+            _CONTEXT = context
     return _CONTEXT
 
 
 def run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int = 1,
-            seed: int = 0) -> Job:
-    """Grade one submission in a worker process; always returns, with ``job.result`` set.
+            judge: Judge | None = None, judge_dir: Path | None = None) -> Job:
+    """Grade one submission in a worker process; always returns, with ``job.result`` and ``job.judge`` set.
 
-    ``seed``: the hidden cases' seed (see :func:`hidden_seed`; 0 is the learners' practice seed).
+    ``judge``: the batch's judge (default: one with the course's seed, ``judge.hidden_seed`` of ``work``'s runtime);
+    ``judge_dir``: where the judge's sockets go (default: a new temporary folder).
     ``threads``: the kernel's CPU threads (OMP_NUM_THREADS, unless already set): workers x threads should not
     exceed the cores, or torch's threads spin against each other and every submission slows down many times.
     """
     try:
-        return _run_one(job, work, template_db, timeout, cell_timeout, threads, seed)
+        return _run_one(job, work, template_db, timeout, cell_timeout, threads,
+                        judge or Judge(hidden_seed(Path(work).parent)), judge_dir)
     except Exception as exc:                                     # e.g. the scratch folder cannot be made
         job.result = {"status": "failed", "notebooks": {},
                       "reason": f"the grader could not run this submission: {type(exc).__name__}: {exc}"}
         return job
 
 
-_SANDBOX: list = []
-
-
 def sandbox_status() -> str | None:
-    """None when submissions run as their own unprivileged uid here, else why they cannot (checked once)."""
-    if not _SANDBOX:
-        if os.environ.get("ALIGNLAB_NO_SANDBOX") == "1":
-            _SANDBOX.append("ALIGNLAB_NO_SANDBOX=1 is set")
-        elif not hasattr(os, "geteuid") or os.geteuid() != 0:
-            _SANDBOX.append("the grader is not running as root, so it cannot switch each submission to a uid of its own")
-        else:
-            problem = sandbox_problem()
-            _SANDBOX.append(f"an unprivileged process cannot run this Python here ({problem})" if problem else None)
-    return _SANDBOX[0]
+    """None when submissions run as their own unprivileged uid here, else why not (``sandbox.status``)."""
+    return sandbox.status()
 
 
 def sandboxed() -> bool:
     """Whether submissions run as their own unprivileged uid (the grader must be root for that)."""
-    return sandbox_status() is None
+    return sandbox.available()
 
 
-_UIDS = itertools.count()
-UID_BASE = 200_000               # far above any real account; one uid per submission, never reused in a batch
-
-
-def _next_uid() -> int:
-    return UID_BASE + (os.getpid() % 2000) * 1000 + next(_UIDS) % 1000
-
-
-def _kill_uid(uid: int) -> None:
-    """Kill every process running as ``uid`` (the submission's kernel, its children and any daemon it left)."""
-    for _ in range(3):
-        procs = []
-        for p in psutil.process_iter(["uids"]):
-            try:
-                if p.info["uids"] is not None and uid in (p.info["uids"].real, p.info["uids"].effective):
-                    p.kill()
-                    procs.append(p)
-            except (psutil.NoSuchProcess, psutil.AccessDenied):
-                pass
-        if not procs:
-            return
-        psutil.wait_procs(procs, timeout=5)
-
-
-def _chown_tree(path: Path, uid: int) -> None:
-    for root, dirs, files in os.walk(path):
-        os.chown(root, uid, uid)
-        for name in files:
-            os.chown(os.path.join(root, name), uid, uid)
+_SESSIONS = itertools.count()
 
 
 def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeout: int, threads: int,
-             seed: int = 0) -> Job:
+             judge: Judge, judge_dir: Path | None) -> Job:
     wdir = work / f"{job.student}__{job.assignment}"
-    if wdir.exists():
-        shutil.rmtree(wdir)
-    wdir.mkdir(parents=True)
-    # private copies: the worker (an unprivileged uid when sandboxed) never reads submitted/ or work/template.db
-    shutil.copytree(job.submission, wdir / "submission", symlinks=False,
-                    ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
-    shutil.copy(template_db, wdir / "template.db")
-    uid = _next_uid() if sandboxed() else None
-    spec = {"student": job.student, "assignment": job.assignment, "submission": str(wdir / "submission"),
-            "work_dir": str(wdir), "template_db": str(wdir / "template.db"),
-            "cell_timeout": job.cell_timeout or cell_timeout, "threads": threads, "uid": uid,
-            "hidden_seed": seed}
-    (wdir / "job.json").write_text(json.dumps(spec))
-    if uid is not None:
-        _chown_tree(wdir, uid)
-        os.chmod(wdir, 0o700)
-        for parent in wdir.parents:              # the uid must reach its workspace: traverse (o+x), never list
-            mode = os.stat(parent).st_mode
-            if not mode & 0o001:
-                os.chmod(parent, (mode & 0o7777) | 0o001)
+    own_dir = judge_dir is None
+    judge_dir = Path(tempfile.mkdtemp(prefix="alignlab-judge-")) if own_dir else judge_dir
+    os.chmod(judge_dir, 0o711)
+    name = str(next(_SESSIONS))
+    uid = sandbox.prepare(wdir, job.submission, template_db, {
+        "student": job.student, "assignment": job.assignment, "cell_timeout": job.cell_timeout or cell_timeout,
+        "threads": threads, "judge": str(Path(judge_dir) / f"{name}.sock")})
+    job.judge = Session(judge, judge_dir, uid=uid, name=name)
     start = time.perf_counter()
-    proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
-    proc.start()
-    proc.join(timeout)
-    if proc.is_alive():
-        _kill_tree(proc.pid)
-        proc.join(10)
-        job.result = {"status": "failed", "notebooks": {},
-                      "reason": f"timed out: grading took longer than {timeout:.0f} s (an endless loop?)"}
-    if uid is not None:
-        _kill_uid(uid)                            # whatever the submission left running, daemons included
-    else:
-        _kill_tree(proc.pid) if proc.is_alive() else None
-    proc.close() if not proc.is_alive() else None
+    try:
+        proc = _context().Process(target=run_job, args=(str(wdir / "job.json"),), name=f"grade-{job.student}")
+        proc.start()
+        job.judge.set_worker(proc.pid)                # only this process may tell the judge which cell runs
+        proc.join(timeout)
+        if proc.is_alive():
+            sandbox.kill_tree(proc.pid)
+            proc.join(10)
+            job.result = {"status": "failed", "notebooks": {},
+                          "reason": f"timed out: grading took longer than {timeout:.0f} s (an endless loop?)"}
+        sandbox.reap(uid, proc.pid if proc.is_alive() else None)   # whatever the submission left running
+        proc.close() if not proc.is_alive() else None
+    finally:
+        job.judge.close()                             # its records stay: they are the grade
+        if own_dir:
+            shutil.rmtree(judge_dir, ignore_errors=True)
     job.seconds = time.perf_counter() - start
     if not job.result:
         try:
@@ -311,30 +266,6 @@ def template_gradebook(c: Course, assignments: list[str], log=print) -> Path:
 
 
 REFERENCES = course.REPO_ROOT / "autograder" / "references"
-HIDDEN_SEED_FILE = "hidden_seed"
-
-
-def hidden_seed(c: Course) -> int:
-    """The seed the hidden cases are built from: ``$ALIGNLAB_HIDDEN_SEED`` (give every grader of a course the same),
-    else ``runtime/hidden_seed``, drawn once at random and kept there (git-ignored, mode 0600), so a re-grade
-    meets the same hidden cases. It never enters the repository, which holds no hidden case at all."""
-    raw = os.environ.get(HIDDEN_SEED_ENV, "").strip()
-    if raw:
-        if not raw.isdigit():
-            raise SystemExit(f"{HIDDEN_SEED_ENV}={raw!r}: give a non-negative integer (or unset it)")
-        return int(raw)
-    path = c.runtime / HIDDEN_SEED_FILE
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        seed = 1 + secrets.randbelow(2 ** 62)
-        c.runtime.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{seed}\n")
-        return seed
-
-
 def reference_hashes() -> dict[str, str]:
     """sha256 of every reference file, computed here (the grader's memory), not read from the manifest."""
     return {str(p.relative_to(REFERENCES)): hashlib.sha256(p.read_bytes()).hexdigest()
@@ -363,16 +294,12 @@ def uncommitted_references(hashes: dict[str, str] | None = None) -> list[str]:
 
 
 def lock_down(c: Course) -> None:
-    """Root-owned grading state that a submission's uid can neither write nor read (only traverse to its workspace)."""
-    os.chmod(c.runtime, 0o711)
+    """The runtime's grading state made root's: no submission's uid can read or write it (``sandbox.lock_down``)."""
     os.chmod(c.work, 0o711)
-    for path in [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] + \
-            ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []):
-        if path.exists():
-            os.chmod(path, 0o600)
-    for folder in (c.submitted, c.autograded, c.feedback_dir, c.exports, c.work / "release", c.work / "release-main"):
-        if folder.exists():
-            os.chmod(folder, 0o700)
+    sandbox.lock_down(c.runtime, [c.work / "template.db", c.work / "template.key", c.runtime / HIDDEN_SEED_FILE] +
+                      ([Path(c.db_url[len("sqlite:///"):])] if c.db_url.startswith("sqlite:///") else []),
+                      [c.submitted, c.autograded, c.feedback_dir, c.exports, c.runtime / JUDGE_RECORDS,
+                       c.runtime / REPORTS, c.work / "release", c.work / "release-main"])
 
 
 # ------------------------------------------------------------------ import results
@@ -384,9 +311,53 @@ def submission_timestamp(folder: Path):
         return None
 
 
+def graded_cells(c: Course, assignment: str) -> dict[str, dict[str, tuple[str, float, bool]]]:
+    """notebook -> grade_id -> (source, points, manual) of every graded cell of the assignment's source notebooks
+    (the instructor's, not the submission's: test cells as the gradebook restores them, hidden tests included)."""
+    out = {}
+    for path in sorted((Path(c.config.CourseDirectory.source_directory) / assignment).glob("*.ipynb")):
+        cells = {}
+        for cell in nbformat.read(path, as_version=4).cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade") and meta.get("grade_id"):
+                cells[meta["grade_id"]] = (cell.source, float(meta.get("points", 0)), bool(meta.get("solution")))
+        out[path.stem] = cells
+    return out
+
+
+JUDGE_RECORDS = "judge"          # runtime/judge/<assignment>/<student>.json: the judge's records (for the class report)
+REPORTS = "reports"              # runtime/reports/<assignment>.html: the class reports (every student's code: root's only)
+
+
+def judge_verdicts(c: Course, job: Job) -> dict:
+    """notebook -> grade_id -> the judge's Verdict on each test cell; also puts the judge's scores and reasons into
+    ``job.result`` (the kernel's own outcome is kept as ``kernel_score``)."""
+    if job.judge is None:
+        return {}
+    verdicts = {}
+    for nb_name, cells in graded_cells(c, job.assignment).items():
+        judged = {gid: job.judge.cell_verdict(src, gid) for gid, (src, _, manual) in cells.items() if not manual}
+        verdicts[nb_name] = {gid: v for gid, v in judged.items() if v is not None}
+        for g in job.result.get("notebooks", {}).get(nb_name, {}).get("grades", []):
+            v = verdicts[nb_name].get(g["id"])
+            if cells.get(g["id"], (None, None, False))[2]:
+                g["auto_score"] = None                       # a written answer: graded by hand, whatever a worker says
+            if v is None:
+                continue
+            g["kernel_score"] = g["auto_score"]
+            g["auto_score"] = g["max_score"] if v.passed else 0.0
+            unreached = all(r.endswith("never reached the judge") for r in v.reason.split("; "))
+            g["reason"] = "" if v.passed else (
+                f"{g['reason']} (no verdict from the judge: the check did not run)" if unreached and g.get("reason")
+                else f"AssertionError: {v.reason}")[:REASON_LEN]
+    return verdicts
+
+
 def import_result(c: Course, job: Job) -> None:
-    """Write one worker's automatic scores into the main gradebook; manual scores are never touched."""
+    """Write one submission's automatic scores into the main gradebook: for every test cell the judge's verdict,
+    whatever the kernel showed; manual scores are never touched. The graded notebook gets the verdicts written in."""
     ok = job.result.get("status") == "graded"
+    verdicts = judge_verdicts(c, job) if ok else {}
     with c.gradebook() as gb:
         gb.update_or_create_student(job.student)
         stamp = submission_timestamp(job.submission)
@@ -396,7 +367,9 @@ def import_result(c: Course, job: Job) -> None:
             scores = {g["id"]: g["auto_score"] for g in got.get("grades", [])}
             comments = {x["id"]: x["auto_comment"] for x in got.get("comments", [])}
             for grade in nb.grades:
-                grade.auto_score = scores.get(grade.name, 0.0 if not ok else None)
+                judged = verdicts.get(nb.name, {}).get(grade.name)
+                grade.auto_score = (grade.max_score if judged.passed else 0.0) if judged is not None \
+                    else scores.get(grade.name, 0.0 if not ok else None)
                 grade.needs_manual_grade = (not ok) or grade.manual_score is not None or grade.auto_score is None
             for comment in nb.comments:
                 comment.auto_comment = comments.get(comment.name) if ok else f"Not graded automatically: {job.result.get('reason')}"
@@ -409,6 +382,18 @@ def import_result(c: Course, job: Job) -> None:
     if ok and src.exists():
         dest.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(src), str(dest))
+        cells = graded_cells(c, job.assignment)
+        for nb_name, judged in verdicts.items():
+            path = dest / f"{nb_name}.ipynb"
+            if judged and path.exists():
+                notebook = nbformat.read(path, as_version=4)
+                apply_verdicts(notebook, judged, {gid: pts for gid, (_, pts, _) in cells.get(nb_name, {}).items()})
+                nbformat.write(notebook, path)
+    if job.judge is not None:
+        save_records(c.runtime / JUDGE_RECORDS / job.assignment / f"{job.student}.json", job.judge,
+                     {gid: v for judged in verdicts.values() for gid, v in judged.items()},
+                     {"student": job.student, "assignment": job.assignment, "status": job.result.get("status"),
+                      "reason": job.result.get("reason", ""), "seconds": round(job.seconds, 1)})
 
 
 def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: float = DEFAULT_TIMEOUT_S,
@@ -420,7 +405,9 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
         return []
     c.work.mkdir(parents=True, exist_ok=True)
     template = template_gradebook(c, sorted({j.assignment for j in jobs}), log=log)
-    seed = hidden_seed(c)
+    judge = Judge(hidden_seed(c.runtime))                 # the truth stays here, in the grade process
+    judge_dir = Path(tempfile.mkdtemp(prefix="alignlab-judge-"))
+    (c.runtime / JUDGE_RECORDS).mkdir(mode=0o700, exist_ok=True)
     if sandboxed():
         lock_down(c)
     else:
@@ -436,7 +423,8 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
     with ThreadPoolExecutor(max_workers=workers) as pool, \
             tqdm(total=len(jobs), desc="autograding", unit="submission", disable=not progress) as bar:
         threads = max(1, (os.cpu_count() or 1) // max(1, workers))
-        futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads, seed): j for j in jobs}
+        futures = {pool.submit(run_one, j, c.work, template, timeout, cell_timeout, threads, judge, judge_dir): j
+                   for j in jobs}
         for fut in as_completed(futures):
             job = fut.result()                                   # run_one never raises
             now = reference_hashes()
@@ -459,4 +447,5 @@ def grade(c: Course, jobs: list[Job], workers: int = DEFAULT_WORKERS, timeout: f
             done.append(job)
             bar.set_postfix_str(f"{job.student}: {job.result.get('status')}")
             bar.update(1)
+    shutil.rmtree(judge_dir, ignore_errors=True)
     return sorted(done, key=lambda j: (j.assignment, j.student))

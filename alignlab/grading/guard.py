@@ -1,5 +1,9 @@
 """Runs inside the grading kernel, before any student code: undoes tampering with the checks before every cell.
 
+The grade does not rest on it: the judge (``judge.py``) holds the expected outputs outside the kernel and its
+record is the grade. The guard keeps what the kernel shows honest: a test cell runs the real check, so the
+learner reads the judge's verdict rather than a replaced check's "passed".
+
 ``GradingExecute`` starts the kernel with ``install()`` in its exec_lines. It snapshots the check and reference
 modules (their attributes and their functions' code), then registers an IPython ``pre_run_cell`` hook that,
 before each cell, puts back anything a previous cell replaced: ``sys.modules`` entries, module attributes,
@@ -140,12 +144,10 @@ def _shell():
 
 
 def install() -> None:
-    """Import the checks, build the hidden cases from the grader's seed, snapshot the checks, and restore them
-    before every cell. Never raises."""
+    """Import the checks, snapshot them, and restore them before every cell. Never raises. (The verdicts do not
+    depend on it: the judge gives them, outside the kernel; the guard keeps the test cells' output truthful.)"""
     try:
         import alignlab.checks  # noqa: F401
-        from alignlab.checks.exercises import prepare_hidden
-        prepare_hidden()          # the hidden cases, from the grader's seed, while torch and the reference are pristine
         try:
             import alignlab.reference  # noqa: F401
         except Exception:

@@ -1,7 +1,9 @@
 """nbgrader preprocessors that make autograding robust and feedback safe (wired in by ``course.apply``).
 
-- ``GradingExecute``: nbgrader's Execute, plus the kernel guard (``guard.py``) installed before any student
-  code, and survival of a dying kernel (``os._exit``, a crash, out of memory) or of a cell that ignores the
+- ``GradingExecute``: nbgrader's Execute, plus the kernel's sandbox (``sandbox.enter_kernel``: no processes) and
+  guard (``guard.py``) installed before any student code; when no judge serves the kernel (nbgrader's own
+  ``autograde``, not ``python -m alignlab.grading grade``) it opens a judge session itself and writes the
+  judge's verdict into every test cell, so nbgrader scores the judge's record; and survival of a dying kernel (``os._exit``, a crash, out of memory) or of a cell that ignores the
   timeout's interrupt: that cell and every later graded cell get an error output that says so, so earlier
   exercises keep their points (nbgrader itself would fail the whole submission).
 - ``KeepStderrVisible``: stderr left in a graded cell after ``IgnorePattern`` is shown as stdout, so printing to
@@ -24,7 +26,9 @@ from traitlets import Integer, List
 
 from .hidden import HIDDEN_BEGIN, hidden_lines, strip_ansi, strip_hidden_region
 
-GUARD_LINE = "import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()"
+# The kernel's first line: its sandbox (sandbox.enter_kernel: no processes), then the guard.
+GUARD_LINE = ("import alignlab.grading.sandbox as _alignlab_sandbox; _alignlab_sandbox.enter_kernel(); "
+              "import alignlab.grading.guard as _alignlab_guard; _alignlab_guard.install()")
 RESTORE_CODE = "__import__('alignlab.grading.guard', fromlist=['restore_before_test']).restore_before_test({source!r})"
 KERNEL_DIED = "KernelDied"
 NOT_RUN = "NotRun"
@@ -38,12 +42,33 @@ class GradingExecute(Execute):
     """Execute every cell; install the guard first; if the kernel dies, mark the rest instead of failing."""
 
     extra_arguments = List([f"--IPKernelApp.exec_lines={GUARD_LINE}"]).tag(config=True)
+    _judge = None               # judge.ExecutionJudge: this run's link to the judge
 
     def preprocess(self, nb, resources=None, km=None):
+        # Lazy: course.apply (every nbgrader command, formgrader) imports this module; the judge brings torch and
+        # the checks, needed only when a notebook is executed for grading.
+        from .judge import ExecutionJudge
         self._stopped = None        # why execution stopped early (the kernel died or cannot be interrupted)
-        return super().preprocess(nb, resources, km)
+        self._judge = ExecutionJudge(self.config, self.log)
+        try:
+            return super().preprocess(nb, resources, km)
+        finally:
+            self._judge.close()
 
     def preprocess_cell(self, cell, resources, index):
+        graded = cell.cell_type == "code" and utils.is_grade(cell) and not utils.is_solution(cell)
+        if graded and self._judge is not None:       # the judge counts only the checks this test cell runs
+            self._judge.cell(cell.metadata["nbgrader"].get("grade_id"))
+        try:
+            cell, resources = self._execute_cell(cell, resources, index)
+        finally:
+            if graded and self._judge is not None:
+                self._judge.cell(None)
+        if graded and self._judge is not None:
+            self._judge.write_verdict(cell)
+        return cell, resources
+
+    def _execute_cell(self, cell, resources, index):
         if cell.cell_type != "code":
             return cell, resources
         if self._stopped is not None:

@@ -89,17 +89,45 @@ def export_grades_csv(gb, dest: Path) -> None:
                 writer.writerow(["" if row[k] is None else str(row[k]) for k in GRADES_COLUMNS])
 
 
+CANVAS_CSV = "canvas_grades.csv"
+CANVAS_COLUMNS = ["Student", "ID", "SIS User ID", "SIS Login ID", "Section"]
+
+
+def export_canvas_csv(gb, dest: Path) -> None:
+    """The gradebook's totals in the layout Canvas's gradebook import reads: Student, ID, SIS User ID, SIS Login ID,
+    Section, then one column per assignment (a new column name creates the assignment in Canvas), and a
+    "Points Possible" row. The nbgrader student id goes to SIS Login ID, which Canvas matches students on."""
+    assignments = sorted(gb.assignments, key=lambda a: a.name)
+    with open(dest, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(CANVAS_COLUMNS + [a.name for a in assignments])
+        writer.writerow(["    Points Possible", "", "", "", ""] + [f"{a.max_score:g}" for a in assignments])
+        for student in sorted(gb.students, key=lambda s: s.id):
+            name = ", ".join(x for x in (student.last_name, student.first_name) if x) or student.id
+            row = [name, "", "", student.id, ""]
+            for a in assignments:
+                try:
+                    sub = gb.find_submission(a.name, student.id)
+                except MissingEntry:
+                    row.append("")
+                    continue
+                row.append(f"{max(0.0, sub.score - (sub.late_submission_penalty or 0.0)):g}")
+            writer.writerow(row)
+
+
 def export(c, jobs: list | None = None) -> list[Path]:
-    """grades.csv (nbgrader's export: totals incl. manual grades) and, for a batch, grades_detail.csv."""
+    """grades.csv (nbgrader's export: totals incl. manual grades), canvas_grades.csv (the same totals for Canvas's
+    gradebook import) and, for a batch, grades_detail.csv."""
     c.exports.mkdir(parents=True, exist_ok=True)
-    out = [c.exports / "grades.csv"]
+    out = [c.exports / "grades.csv", c.exports / CANVAS_CSV]
     with c.gradebook() as gb:
         export_grades_csv(gb, out[0])
+        export_canvas_csv(gb, out[1])
     if jobs:
         rows = [summary_row(j) for j in jobs]
         keys = list(dict.fromkeys(k for r in rows for k in r if k != "reasons")) + ["reasons"]
         out.append(c.exports / "grades_detail.csv")
-        with open(out[1], "w", newline="") as f:
+        with open(out[-1], "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
             writer.writerows(rows)

@@ -6,21 +6,18 @@ server that has nbgrader imported already, so a worker starts in milliseconds). 
 and ``result.json``. The main gradebook is never opened here, so a crash, a hang or a kill of this process
 cannot corrupt it or another student's grade; ``batch.py`` imports the result afterwards, in one process.
 
-JOB.json: {"student", "assignment", "submission" (folder), "work_dir", "template_db", "cell_timeout"}.
+JOB.json: {"student", "assignment", "submission" (folder), "work_dir", "template_db", "cell_timeout", "threads",
+"uid", "judge" (the judge session's socket)}. It never holds the hidden seed: only the judge, in the grade process, does.
+Isolation (becoming the submission's uid, the environment the kernel inherits) is ``sandbox.enter``'s.
 result.json: {"status": "graded"|"failed", "reason", "notebooks": {nb: {"grades": [...], "comments": [...]}}}.
 """
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import resource
 import shutil
-import stat
-import subprocess
 import sys
-import sysconfig
-import tempfile
 import traceback
 import warnings
 from pathlib import Path
@@ -29,7 +26,8 @@ import nbformat
 from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 
-from . import course
+from ..checks._wire import JUDGE_ENV
+from . import course, sandbox
 from .release import make_config, nbgrader_env
 
 REASON_LEN = 300
@@ -119,84 +117,12 @@ def grade(job: dict) -> dict:
             "notebooks": read_results(c.CourseDirectory.db_url, assignment, student, autograded)}
 
 
-def _blocked(path: Path) -> tuple[Path, Path] | None:
-    """(the first ancestor of ``path`` that others cannot traverse, its child on the way), or None."""
-    path = Path(os.path.realpath(path))
-    for parent in reversed(path.parents):
-        child = path if parent == path.parent else path.parents[len(path.parents) - len(parent.parents) - 2]
-        if not os.stat(parent).st_mode & stat.S_IXOTH:
-            return parent, child
-    return None
-
-
-def needed_paths() -> list[Path]:
-    """What a submission's kernel must read: the interpreter, its standard library and packages, the course."""
-    return [Path(sys.executable), Path(sys.base_prefix), Path(sysconfig.get_paths()["purelib"]), course.REPO_ROOT]
-
-
-def enter_sandbox(uid: int, scratch: Path) -> None:
-    """Become ``uid`` (and gid), in a session of our own, with no supplementary groups.
-
-    If the interpreter lives under a folder others cannot traverse (e.g. Python under /root, mode 0700), a
-    private mount namespace covers that folder with an empty tmpfs showing only the needed subfolder
-    (so the rest of it stays hidden). Needs root; raises OSError if that is impossible here.
-    """
-    blocked = {b for b in map(_blocked, needed_paths()) if b}
-    if blocked:
-        libc = ctypes.CDLL(None, use_errno=True)
-
-        def check(rc, what):
-            if rc != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"{what}: {os.strerror(err)}")
-        check(libc.unshare(0x00020000), "unshare(CLONE_NEWNS)")
-        check(libc.mount(b"none", b"/", None, 0x4000 | 0x40000, None), "mount --make-rprivate /")  # MS_REC|MS_PRIVATE
-        for parent in sorted({b[0] for b in blocked}):
-            children = sorted({b[1] for b in blocked if b[0] == parent})
-            stages = []
-            for i, child in enumerate(children):
-                stage = scratch / f".stage{i}"
-                stage.mkdir(exist_ok=True)
-                check(libc.mount(str(child).encode(), str(stage).encode(), None, 0x1000 | 0x4000, None),
-                      f"bind {child}")                                        # MS_BIND|MS_REC
-                stages.append(stage)
-            check(libc.mount(b"tmpfs", str(parent).encode(), b"tmpfs", 0, b"mode=755"), f"tmpfs on {parent}")
-            for child, stage in zip(children, stages):
-                child.mkdir()
-                check(libc.mount(str(stage).encode(), str(child).encode(), None, 0x1000 | 0x4000, None),
-                      f"bind back {child}")
-    os.setsid()
-    os.setgroups([])
-    os.setgid(uid)
-    os.setuid(uid)
-
-
-def sandbox_problem(uid: int = 199_999) -> str | None:
-    """None if submissions can run sandboxed here, else why not (tried once in a throwaway process)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        os.chmod(tmp, 0o777)
-        code = ("import sys; from pathlib import Path; from alignlab.grading.worker import enter_sandbox; "
-                f"enter_sandbox({uid}, Path({tmp!r})); import encodings.idna, torch, nbformat, alignlab.checks")
-        try:
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                                 cwd=tmp)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None if out.returncode == 0 else (out.stderr.strip().splitlines() or ["?"])[-1][:300]
-
-
 def run_job(job_file: str) -> int:
     """Grade the job described in ``job_file``; write result.json next to it. Output goes to worker.log."""
     job = json.loads(Path(job_file).read_text())
-    if job.get("uid") is not None:                      # sandboxed: become the submission's own unprivileged uid
-        enter_sandbox(job["uid"], Path(job["work_dir"]))
-        home = Path(job["work_dir"])
-        os.environ.update(HOME=str(home), USER="alignlab-grader", LOGNAME="alignlab-grader",
-                          TMPDIR=str(home), XDG_CACHE_HOME=str(home / ".cache"), MPLCONFIGDIR=str(home / ".mpl"),
-                          JUPYTER_RUNTIME_DIR=str(home / ".jupyter-runtime"), IPYTHONDIR=str(home / ".ipython"))
-        os.chdir(home)
-    from alignlab.checks._core import HIDDEN_SEED_ENV
-    os.environ[HIDDEN_SEED_ENV] = str(int(job.get("hidden_seed") or 0))   # the kernel's guard reads it, then drops it
+    # the submission's own uid, and an environment (which the kernel inherits) without the grader's secrets; the
+    # kernel's checks ask the judge (outside this uid) for their cases
+    sandbox.enter(job, {JUDGE_ENV: job["judge"]} if job.get("judge") else {})
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):        # the kernel inherits them: workers share the cores
         os.environ.setdefault(var, str(job.get("threads", 1)))
     result_path = Path(job["work_dir"]) / "result.json"
