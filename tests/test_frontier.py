@@ -9,7 +9,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from alignlab import frontier, reference  # noqa: E402
+from alignlab import frontier, reference, rollout  # noqa: E402
 from alignlab.dpo import DPOHistory  # noqa: E402
 from alignlab.ppo import PPOHistory  # noqa: E402
 
@@ -104,7 +104,7 @@ def test_best_of_n_points_cap_the_sequences_of_one_sampling_call(monkeypatch):
         sizes.append(len(ids))
         raise Stop
 
-    monkeypatch.setattr(frontier, "sample", fake_sample)
+    monkeypatch.setattr(rollout, "sample", fake_sample)
     policy = torch.nn.Linear(1, 1)
     tokenizer = type("Tokenizer", (), {"eos_token_id": 0, "pad_token_id": 1})()
     prompts = [{"prompt_ids": [5, 6]}] * 20
