@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import NullLocator
 
 from .history import RunHistory
 
@@ -20,6 +21,10 @@ def plot_estimators(rows: Sequence[dict]):
           title="How well one batch points the right way")
     b.set(xscale="log", yscale="log", xlabel="batch (problems x G)", ylabel="variance / |exact gradient|^2",
           title="Variance of the estimate over batches")
+    sizes = sorted({r["batch"] for r in rows})
+    for ax in (a, b):
+        ax.set_xticks(sizes, [str(s) for s in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
     a.legend(fontsize=8)
     fig.tight_layout()
     plt.close(fig)
