@@ -32,7 +32,8 @@ class BestOfNConfig:
     n_prompts: int = 64              # held-out prompts
     max_new_tokens: int = 24         # completion length limit
     temperature: float = 1.0         # sampling temperature of the policy (1: the policy itself, for the KL formula)
-    prompts_per_call: int = 16       # prompts per sampling call (each expanded n_max times)
+    prompts_per_call: int = 16       # prompts per sampling call (each expanded n_max times; the KV cache grows
+                                     # with prompts_per_call * n_max: GPT-2 124M holds 4.2 GB for 1,024 x 56 tokens)
     seed: int = 0                    # sampling seed
 
     @classmethod
@@ -42,7 +43,7 @@ class BestOfNConfig:
             n_max=track.pick(cpu=64, gpu=256, grading=4),
             n_prompts=track.pick(cpu=32, gpu=128, grading=4),
             max_new_tokens=track.pick(cpu=24, gpu=48, grading=8),
-            prompts_per_call=track.pick(cpu=16, gpu=16, grading=4),
+            prompts_per_call=track.pick(cpu=16, gpu=4, grading=4),    # gpu: 4 x 256 = 1,024 sequences per call
         )
         return replace(cfg, **overrides)
 

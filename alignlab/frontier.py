@@ -69,7 +69,7 @@ def ppo_points(kl_coefs: Sequence[float], run_ppo: Callable, progress: Callable 
 
 @torch.no_grad()
 def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Sequence[int], max_new_tokens: int = 24,
-                     seed: int = 0, prompts_per_call: int = 16) -> list[dict]:
+                     seed: int = 0, prompts_per_call: int = 16, max_sequences: int = 1024) -> list[dict]:
     """Best-of-n from the base policy, judged by the gold reward, for each n in ``ns``.
 
     ``prompts`` are rows of ``load_prompts`` (with ``prompt_ids``). Samples max(ns)
@@ -77,10 +77,13 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
     gold of the best of n (unbiased, from the one pool), at the analytic KL
     log n - (n-1)/n. Judged by the gold itself, it is an upper bound on what
     best-of-n with a learned reward model gets (like the paper's PPO-GT).
+    A sampling call takes ``prompts_per_call`` prompts, fewer when that would exceed ``max_sequences``
+    completions (the KV cache grows with them: 1,024 x 32 tokens of GPT-2 124M is 2.4 GB).
     """
     if not ns:
         return []
     n_max = max(ns)
+    prompts_per_call = max(1, min(prompts_per_call, max_sequences // n_max))
     generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
     golds = []
     for part in sample_groups(policy, [p["prompt_ids"] for p in prompts], n_max, max_new_tokens,

@@ -59,6 +59,8 @@ class OnlineDPOConfig:
     samples_per_prompt: int = 4        # completions per prompt; the best and the worst make the pair
     max_new_tokens: int = 24           # completion length limit when sampling
     temperature: float = 1.0           # sampling temperature (1: the policy itself)
+    sample_batch: int = 512            # completions per sampling call: the KV cache grows with it (GPT-2 124M:
+                                       # 512 x 56 tokens is 2.1 GB), so a round of 512 prompts x 4 takes 4 calls
     dpo: DPOConfig = field(default_factory=lambda: DPOConfig(steps=50, warmup_steps=0))  # the DPO steps of one round
     seed: int = 0                      # sampling seed
 
@@ -94,16 +96,20 @@ def sample_online_pairs(policy, reference, tokenizer, prompt_ids_list: Sequence[
     can skip the reference forward pass. ``gold`` (optional) adds ``gold_chosen``/``gold_rejected``.
     """
     G = config.samples_per_prompt
-    (part,) = sample_groups(policy, prompt_ids_list, G, config.max_new_tokens, temperature=config.temperature,
-                            generator=generator, tokenizer=tokenizer, prompts_per_call=max(1, len(prompt_ids_list)),
-                            decode=False)
-    prompt_ids, out = part.prompt_ids, part.rollout                                     # P * G rows, by prompt
-    completion_ids = [list(c) for c in out.completion_ids]
+    prompt_ids, completion_ids, ref_logps = [], [], []
+    for part in sample_groups(policy, prompt_ids_list, G, config.max_new_tokens, temperature=config.temperature,
+                              generator=generator, tokenizer=tokenizer, decode=False,
+                              prompts_per_call=max(1, config.sample_batch // G)):   # one call on the tiny track
+        out = part.rollout                                                              # rows grouped by prompt
+        prompt_ids += part.prompt_ids
+        completion_ids += [list(c) for c in out.completion_ids]
+        ref_logps += [completion_logps(reference, out.input_ids[i:i + 128], out.attention_mask[i:i + 128],
+                                       out.completion_mask[i:i + 128]).float().cpu()
+                      for i in range(0, len(out), 128)]                                 # 128 rows at a time
+        del out
+    ref_logps = torch.cat(ref_logps)                                                    # (P * G,)
     texts = gold_texts(tokenizer, prompt_ids, completion_ids)
     scores = torch.as_tensor(labeller(prompt_ids, completion_ids, texts), dtype=torch.float32).cpu()  # (P * G,)
-    ref_logps = torch.cat([completion_logps(reference, out.input_ids[i:i + 128], out.attention_mask[i:i + 128],
-                                            out.completion_mask[i:i + 128]).float().cpu()
-                           for i in range(0, len(prompt_ids), 128)])                   # (P * G,), 128 rows at a time
     golds = torch.as_tensor(gold(texts), dtype=torch.float32) if gold is not None else None
     pairs = []
     for p in range(len(prompt_ids_list)):

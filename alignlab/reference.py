@@ -147,6 +147,59 @@ def best_of_n_kl(n: int) -> float:
     return float(math.log(n) - (n - 1) / n)
 
 
+# ------------------------------------------------- policy gradients (REINFORCE, RLOO, entropy)
+def reinforce_loss(logprobs: Tensor, rewards: Tensor, mask: Tensor, baseline=None) -> Tensor:
+    """REINFORCE's loss: minus the batch mean of (reward - baseline) times each sequence's summed log-prob.
+
+    Shapes: logprobs, mask (B, T); rewards (B,); baseline None (0), a number or (B,) -> loss ().
+    Convention: log-probs are summed over the masked tokens of a row, not averaged; the weights
+    (rewards - baseline) are constants, so no gradient reaches rewards or baseline.
+    Naive equivalent: ``-((rewards - baseline).detach() * (logprobs * mask).sum(-1)).mean()``.
+    """
+    _same_2d("reinforce_loss", logprobs=logprobs, mask=mask)
+    _expect(rewards.shape == logprobs.shape[:1],
+            f"reinforce_loss: expected rewards ({logprobs.shape[0]},), got {tuple(rewards.shape)}")
+    logprobs, weights = _float(logprobs), _float(rewards)
+    if baseline is not None:
+        baseline = _float(baseline)
+        _expect(baseline.dim() == 0 or baseline.shape == rewards.shape,
+                f"reinforce_loss: expected baseline None, a number or ({logprobs.shape[0]},), got {tuple(baseline.shape)}")
+        weights = weights - baseline
+    dtype = torch.promote_types(logprobs.dtype, weights.dtype)
+    weights = weights.detach().to(dtype)                             # (B,) constants: the advantage of each row
+    sequence = (logprobs.to(dtype) * mask.to(dtype)).sum(-1)          # (B,) log pi(y | x), summed over tokens
+    return -(weights * sequence).mean()
+
+
+def rloo_advantages(rewards: Tensor) -> Tensor:
+    """REINFORCE leave-one-out: each reward minus the mean reward of the other G - 1 samples of its group.
+
+    Shapes: rewards (P, G), G samples for each of P prompts -> (P, G). G < 2 raises ValueError
+    (a sample needs at least one other sample of its prompt).
+    Naive equivalent: ``r - (r.sum(1, keepdim=True) - r) / (G - 1)``, which also equals G / (G - 1) * (r - mean).
+    """
+    _expect(rewards.dim() == 2, f"rloo_advantages: expected rewards (P, G), got {tuple(rewards.shape)}")
+    G = rewards.shape[1]
+    _expect(G >= 2, f"rloo_advantages: each group needs at least G = 2 samples (leave one out), got G = {G}")
+    rewards = _float(rewards)
+    others = (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)   # (P, G) mean of the other samples
+    return rewards - others
+
+
+def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
+    """Entropy (in nats) of the next-token distribution at each position: -sum_v p log p, p = softmax(logits).
+
+    Shapes: logits (B, T, V), mask (B, T) -> (B, T), in at least float32, 0 where mask is 0.
+    Convention: computed from log_softmax (which subtracts the maximum), so logits in the thousands stay accurate.
+    Naive equivalent: ``p = softmax(logits); -(p * log(p)).sum(-1) * mask`` (nan once some p underflows to 0).
+    """
+    _expect(logits.dim() == 3 and mask.shape == logits.shape[:2],
+            f"token_entropy: expected logits (B, T, V) and mask (B, T), got {tuple(logits.shape)} and {tuple(mask.shape)}")
+    logp = torch.log_softmax(_float(logits), dim=-1)                  # (B, T, V)
+    entropy = -(logp.exp() * logp).sum(dim=-1)                        # (B, T)
+    return entropy * mask.to(entropy.dtype)
+
+
 # ------------------------------------------------- 03 RLHF with PPO
 def kl_penalized_rewards(scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """Per-token RLHF reward: -kl_coef * (log pi - log pi_ref) on masked tokens, plus the score at the last one.
@@ -398,6 +451,7 @@ def grpo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
 __all__ = [
     "log_softmax", "bradley_terry_probability", "token_logprobs", "sequence_logprob",
     "last_token_index", "pairwise_reward_loss", "best_of_n_kl",
+    "reinforce_loss", "rloo_advantages", "token_entropy",
     "kl_penalized_rewards", "masked_mean", "masked_whiten", "gae_advantages", "ppo_policy_loss", "ppo_value_loss",
     "dpo_logits", "dpo_loss", "dpo_preference_probability", "dpo_gradient_weight",
     "cdpo_loss", "ipo_loss", "simpo_loss", "group_relative_advantages",

@@ -158,6 +158,12 @@ def inputs(exercise):
         "pairwise_reward_loss": [(randn(5), randn(5, seed=1), None), (randn(5), randn(5, seed=1), randn(5, seed=2).abs()),
                                  (torch.tensor([-1e4, 1e4], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), None)],
         "best_of_n_kl": [(1,), (4,), (64,)],
+        "reinforce_loss": [(-randn(B, T).abs(), (randn(B, seed=1) > 0).double(), MASKS, None),
+                           (-randn(B, T).abs(), randn(B, seed=1), MASKS, 0.5),
+                           (-randn(B, T).abs(), randn(B, seed=1), MASKS, randn(B, seed=2))],
+        "rloo_advantages": [(torch.rand(3, 4, generator=g(0), dtype=torch.float64),),
+                            (torch.tensor([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 1.0]], dtype=torch.float64),)],
+        "token_entropy": [(randn(B, T, 11, scale=3), MASKS), (randn(2, 3, 5, scale=1000), torch.ones(2, 3, dtype=torch.long))],
         "kl_penalized_rewards": [(randn(B), randn(B, T, seed=1), randn(B, T, seed=2), MASKS, 0.1)],
         "masked_mean": [(randn(B, T, scale=3), MASKS)],
         "masked_whiten": [(randn(B, T, scale=3) + 2, MASKS, True), (randn(B, T, scale=3) + 2, MASKS, False)],
@@ -225,6 +231,8 @@ NOT_A_VALUE_DIFFERENCE = {
     ("pairwise_reward_loss", "rebuilt with torch.tensor (no gradient)"),
     ("sequence_logprob", "computed under torch.no_grad"),
     ("masked_whiten", "statistics detached from the graph"),
+    ("reinforce_loss", "baseline differentiated through"),
+    ("rloo_advantages", "G = 1 not refused"),
 }
 
 
@@ -260,6 +268,13 @@ def test_the_wrong_implementations_that_differ_elsewhere_do_differ():
     loss, _, _ = wrong_fn("dpo_loss", "gradient reaches the reference")(*four, 0.1)
     loss.backward()
     assert four[0].grad is None and four[2].grad is not None
+
+    lp, baseline = -randn(3, 4).abs().requires_grad_(True), randn(3, seed=1).requires_grad_(True)
+    wrong_fn("reinforce_loss", "baseline differentiated through")(lp, randn(3, seed=2), torch.ones(3, 4), baseline).backward()
+    assert baseline.grad is not None and baseline.grad.abs().sum() > 0
+    assert torch.isnan(wrong_fn("rloo_advantages", "G = 1 not refused")(randn(3, 1))).all()
+    with pytest.raises(ValueError):
+        reference.rloo_advantages(randn(3, 1))
 
     logits = randn(2, 4, 50, scale=5)
     ids = torch.randint(0, 50, (2, 4), generator=g(3))

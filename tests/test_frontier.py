@@ -9,7 +9,7 @@ import torch
 
 matplotlib.use("Agg")
 
-from alignlab import frontier, reference  # noqa: E402
+from alignlab import frontier, reference, rollout  # noqa: E402
 from alignlab.dpo import DPOHistory  # noqa: E402
 from alignlab.ppo import PPOHistory  # noqa: E402
 
@@ -91,6 +91,27 @@ def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
     assert [p["kl"] for p in points] == pytest.approx([0.0, math.log(4) - 0.75, math.log(16) - 15 / 16])
     golds = [p["gold"] for p in points]
     assert golds[0] <= golds[1] <= golds[2] and golds[2] > golds[0]
+
+
+def test_best_of_n_points_cap_the_sequences_of_one_sampling_call(monkeypatch):
+    """The gpt2 track's n = 128 for 16 prompts would sample 2,048 sequences at once: calls hold at most 1,024."""
+    sizes = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_sample(policy, ids, *args, **kwargs):
+        sizes.append(len(ids))
+        raise Stop
+
+    monkeypatch.setattr(rollout, "sample", fake_sample)
+    policy = torch.nn.Linear(1, 1)
+    tokenizer = type("Tokenizer", (), {"eos_token_id": 0, "pad_token_id": 1})()
+    prompts = [{"prompt_ids": [5, 6]}] * 20
+    for n_max, expected in ((32, 16 * 32), (128, 8 * 128), (2048, 2048)):   # the tiny track's n = 32: 16 prompts
+        with pytest.raises(Stop):
+            frontier.best_of_n_points(policy, tokenizer, prompts, None, ns=[1, n_max])
+        assert sizes.pop() == expected
 
 
 def test_frontier_plot_and_table_show_every_method():

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from alignlab import online, paths, reference, variants
+from alignlab import online, paths, reference, rollout, variants
 from alignlab.config import Track
 from alignlab.dpo import DPOConfig, completion_logps
 
@@ -145,6 +145,26 @@ def test_online_pairs_put_the_best_scored_sample_first_with_reference_logps(tiny
             mask = torch.tensor([[0] * len(row["prompt_ids"]) + [1] * len(row[f"{name}_ids"])])
             expected = completion_logps(ref, ids, torch.ones_like(ids), mask).item()
             assert row[f"ref_{name}_logps"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_online_pairs_sample_in_calls_of_sample_batch_completions(tiny_world, monkeypatch):
+    """A gpt2-track round (512 prompts x 4) in one sampling call would hold a 2048-row KV cache: it is split."""
+    tok, policy, ref = tiny_world
+    sizes = []
+    real_sample = rollout.sample
+    monkeypatch.setattr(rollout, "sample", lambda p, ids, *a, **k: sizes.append(len(ids)) or real_sample(p, ids, *a, **k))
+    config = online.OnlineDPOConfig(samples_per_prompt=3, max_new_tokens=5, sample_batch=4)
+    prompts = [tok.encode("This movie was"), tok.encode("I went to see it"), tok.encode("The plot")]
+    pairs = online.sample_online_pairs(policy, ref, tok, prompts, _length_labeller, config,
+                                       generator=torch.Generator().manual_seed(0))
+    assert sizes == [3, 3, 3] and len(pairs) == 3            # whole prompts per call: at most 4 // 3 = 1 prompt
+    for row, prompt in zip(pairs, prompts):
+        assert row["prompt_ids"] == prompt and row["score_chosen"] > row["score_rejected"]
+        ids = torch.tensor([row["prompt_ids"] + row["chosen_ids"]])
+        mask = torch.tensor([[0] * len(row["prompt_ids"]) + [1] * len(row["chosen_ids"])])
+        assert row["ref_chosen_logps"] == pytest.approx(completion_logps(ref, ids, torch.ones_like(ids), mask).item(),
+                                                       abs=1e-4)
+    assert online.OnlineDPOConfig().sample_batch == 512      # the tiny track's 128 prompts x 4: one call, as before
 
 
 def test_a_group_of_equal_scores_gives_no_pair(tiny_world):

@@ -141,6 +141,48 @@ def test_best_of_n_kl_is_log_n_minus_n_minus_1_over_n():
         R.best_of_n_kl(0)
 
 
+
+# ------------------------------------------------------------ policy gradients
+def test_reinforce_loss_is_minus_the_mean_advantage_weighted_summed_log_prob():
+    lp = -torch.rand(3, 5, generator=gen(1), dtype=torch.float64)
+    mask = right_and_left_mask()[:, :5]
+    rewards, baseline = torch.tensor([1.0, 0.0, 2.0], dtype=torch.float64), torch.tensor([0.5, 0.5, 1.0], dtype=torch.float64)
+    expected = -((rewards - baseline) * (lp * mask).sum(-1)).mean()
+    assert torch.allclose(R.reinforce_loss(lp, rewards, mask, baseline), expected)
+    assert torch.allclose(R.reinforce_loss(lp, rewards, mask, 0.5), -((rewards - 0.5) * (lp * mask).sum(-1)).mean())
+    assert torch.allclose(R.reinforce_loss(lp, rewards, mask), -(rewards * (lp * mask).sum(-1)).mean())
+
+
+def test_reinforce_loss_sends_gradient_only_to_masked_log_probs_never_to_the_baseline():
+    lp = (-torch.rand(3, 7, generator=gen(2), dtype=torch.float64)).requires_grad_(True)
+    baseline = torch.rand(3, generator=gen(3), dtype=torch.float64).requires_grad_(True)
+    rewards, mask = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64), right_and_left_mask()
+    R.reinforce_loss(lp, rewards, mask, baseline).backward()
+    assert baseline.grad is None
+    assert torch.equal(lp.grad == 0, mask == 0)                                    # masked positions: exactly 0
+    assert torch.allclose(lp.grad, -((rewards - baseline.detach()) / 3)[:, None] * mask)
+
+
+def test_rloo_subtracts_the_mean_of_the_other_samples_and_refuses_one_sample():
+    r = torch.tensor([[1.0, 0.0, 0.0, 1.0], [3.0, 1.0, 2.0, 6.0]], dtype=torch.float64)
+    loop = torch.stack([torch.stack([r[p, i] - torch.cat([r[p, :i], r[p, i + 1:]]).mean() for i in range(4)]) for p in range(2)])
+    assert torch.allclose(R.rloo_advantages(r), loop)
+    assert torch.allclose(R.rloo_advantages(r), 4 / 3 * (r - r.mean(1, keepdim=True)))
+    with pytest.raises(ValueError):
+        R.rloo_advantages(torch.ones(3, 1))
+
+
+def test_token_entropy_is_log_v_when_uniform_zero_when_certain_and_finite_for_huge_logits():
+    mask = torch.tensor([[1, 1, 0]])
+    uniform = R.token_entropy(torch.zeros(1, 3, 7), mask)
+    assert torch.allclose(uniform, torch.tensor([[math.log(7), math.log(7), 0.0]]))
+    certain = torch.tensor([[[3000.0, 0.0, -3000.0]] * 3])
+    assert torch.equal(R.token_entropy(certain, mask), torch.zeros(1, 3))
+    logits = torch.randn(2, 4, 9, generator=gen(4), dtype=torch.float64) * 3
+    p = torch.softmax(logits, -1)
+    assert torch.allclose(R.token_entropy(logits, torch.ones(2, 4)), -(p * p.log()).sum(-1))
+    assert R.token_entropy(logits.bfloat16(), torch.ones(2, 4)).dtype == torch.float32
+
 # ------------------------------------------------------------ 03
 def test_kl_penalized_rewards_put_the_score_on_the_last_masked_token():
     mask = right_and_left_mask()

@@ -102,6 +102,9 @@ def test_config_scales_down_under_the_grader_and_up_on_the_gpu_track():
     assert RewardModelConfig.for_track(make_track(), steps=7).steps == 7
     bon = best_of_n.BestOfNConfig.for_track
     assert bon(make_track(grading=True)).n_max < bon(make_track()).n_max < bon(make_track("gpt2")).n_max
+    # One sampling call holds prompts_per_call * n_max sequences' KV cache: 4,096 of GPT-2 124M at 56 tokens
+    # is 17 GB, more than a T4 has; at most 1,024 (4.2 GB) on every track.
+    assert all(c.prompts_per_call * c.n_max <= 1024 for c in (bon(make_track("gpt2")), bon(make_track())))
 
 
 # ------------------------------------------------------------------ training

@@ -87,6 +87,7 @@ class Exercise:
     extra: Callable[[Case, tuple], str | None] | None = None  # further contract checks; returns a message or None
     hint: str = ""                              # one line shown with every failure
     only_on_mask: str | None = None             # argument whose 0 entries mark output positions that are not graded
+    constants: dict[str, str] = field(default_factory=dict)  # argument -> advice when gradient reaches it (it must not)
 
     @property
     def single(self) -> bool:
@@ -182,8 +183,10 @@ def solve(exercise: Exercise, cases: list[Case]) -> list[Case]:
             if case.grad_weight is None:
                 case.grad_weight = (randn(generator(10_000 + i), *out.shape, dtype=torch.float64) if out.dim()
                                     else torch.ones((), dtype=torch.float64))
-            grads = torch.autograd.grad((out * case.grad_weight).sum(), [args[n] for n in case.grad])
-            case.expected_grads = {n: g.double() for n, g in zip(case.grad, grads)}
+            inputs = [args[n] for n in case.grad]
+            grads = torch.autograd.grad((out * case.grad_weight).sum(), inputs, allow_unused=True)
+            case.expected_grads = {n: (g if g is not None else torch.zeros_like(x)).double()   # unused: no gradient is due
+                                   for n, g, x in zip(case.grad, grads, inputs)}
     return cases
 
 

@@ -25,13 +25,13 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from . import _wire, ex_basics, ex_dpo, ex_grpo, ex_ppo, ex_reward
+from . import _wire, ex_basics, ex_dpo, ex_grpo, ex_pg, ex_ppo, ex_reward
 from ._core import (RAISED, Case, Exercise, Mistake, _quiet, call_learner, case_scale, close, code_fingerprint,
                     decode_cases, describe, describe_inputs, explain_mistakes, hidden_cases, learner_args, load_cases,
                     matching_mistakes, reference_function, tolerances)
 from ._wire import typename
 
-EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
+EXERCISES: dict[str, Exercise] = {e.name: e for m in (ex_basics, ex_reward, ex_pg, ex_ppo, ex_dpo, ex_grpo) for e in m.EXERCISES}
 
 
 class CheckFailed(AssertionError):
@@ -153,9 +153,13 @@ def _check_gradients(exercise: Exercise, case: Case, outputs: tuple, grads: dict
     for name in names:
         expected = case.expected_grads[name].double()
         got = grads["grads"].get(name)
+        if not isinstance(got, Tensor) and name in exercise.constants:
+            continue                        # a constant of the computation: no gradient is the right answer
         if not isinstance(got, Tensor):
             _fail(exercise, case, f"no gradient reaches '{name}': the result does not depend on it through autograd.")
         got = got.detach().cpu().double()
+        if name in exercise.constants and (expected == 0).all() and (got != 0).any():
+            _fail(exercise, case, f"gradient reaches '{name}', which must be a constant. {exercise.constants[name]}")
         scale = max(case_scale(case), float(expected.abs().max()) if expected.numel() else 1.0)
         if close(got, expected, 1e-4, 1e-5 * scale):
             continue

@@ -53,8 +53,8 @@ warnings.filterwarnings("ignore", message=".*not in session.*")
 
 DEFAULT_WORKERS = 2
 DEFAULT_TIMEOUT_S = 300          # one whole submission (every notebook of the assignment)
-# nbgrader matches it against the extracted file's whole path: "<student>_[late_][<digits>_...]NN_name.ipynb"
-DEFAULT_ZIP_REGEXP = r".*/(?P<student_id>[^_/]+)_(?:late_)?(?:\d+_)*(?P<file_id>\d\d_\w+\.ipynb)$"
+# nbgrader matches it against the extracted file's whole path: "<student>_[late_][<digits>_...]NN[a-z]_name.ipynb"
+DEFAULT_ZIP_REGEXP = r".*/(?P<student_id>[^_/]+)_(?:late_)?(?:\d+_)*(?P<file_id>\d\d[a-z]?_\w+\.ipynb)$"
 
 
 @dataclass

@@ -128,6 +128,60 @@ def best_of_n_kl__torch(n):
     return float(torch.log(n_) - (n_ - 1) / n_)
 
 
+# ============================================================ reinforce_loss (policy gradients)
+@valid("reinforce_loss", "advantages built under no_grad, masked with where")
+def reinforce_loss__no_grad(logprobs, rewards, mask, baseline=None):
+    with torch.no_grad():
+        advantages = rewards.to(torch.float64) - (0.0 if baseline is None else torch.as_tensor(baseline, dtype=torch.float64))
+    sequence = torch.where(mask.bool(), logprobs.to(torch.float64), torch.zeros((), dtype=torch.float64)).sum(-1)
+    return -(advantages * sequence).sum() / logprobs.shape[0]
+
+
+@valid("reinforce_loss", "einsum over tokens")
+def reinforce_loss__einsum(logprobs, rewards, mask, baseline=None):
+    lp = logprobs.float() if logprobs.dtype != torch.float64 else logprobs
+    b = torch.zeros_like(rewards) if baseline is None else baseline
+    weights = (rewards - b).detach().to(lp.dtype)
+    return -torch.einsum("b,bt,bt->", weights, lp, mask.to(lp.dtype)) / lp.shape[0]
+
+
+# ============================================================ rloo_advantages (policy gradients)
+@valid("rloo_advantages", "G / (G - 1) times the centred reward")
+def rloo_advantages__scaled(rewards):
+    G = rewards.shape[-1]
+    if G < 2:
+        raise ValueError("rloo_advantages needs G >= 2")
+    rewards = rewards.float() if rewards.dtype != torch.float64 else rewards
+    return G / (G - 1) * (rewards - rewards.mean(dim=-1, keepdim=True))
+
+
+@valid("rloo_advantages", "a loop over the samples of each group")
+def rloo_advantages__loop(rewards):
+    P, G = rewards.shape
+    if G < 2:
+        raise ValueError("rloo_advantages needs G >= 2")
+    columns = []
+    for i in range(G):
+        others = torch.cat([rewards[:, :i], rewards[:, i + 1:]], dim=1)
+        columns.append(rewards[:, i] - others.mean(dim=1))
+    return torch.stack(columns, dim=1)
+
+
+# ============================================================ token_entropy (policy gradients)
+@valid("token_entropy", "logsumexp minus the expected logit")
+def token_entropy__logsumexp(logits, mask):
+    x = logits.float() if logits.dtype != torch.float64 else logits
+    x = x - x.amax(dim=-1, keepdim=True)            # centred first: no cancellation for logits in the thousands
+    p = torch.softmax(x, dim=-1)
+    return (torch.logsumexp(x, dim=-1) - (p * x).sum(-1)) * mask.to(x.dtype)
+
+
+@valid("token_entropy", "torch.special.entr of the softmax")
+def token_entropy__entr(logits, mask):
+    x = logits.float() if logits.dtype != torch.float64 else logits
+    return torch.special.entr(torch.softmax(x, dim=-1)).sum(-1) * mask.to(x.dtype)
+
+
 # ============================================================ kl_penalized_rewards
 @valid("kl_penalized_rewards", "scatter_add at the last index")
 def kl_penalized_rewards__scatter(scores, logprobs, ref_logprobs, mask, kl_coef):

@@ -266,6 +266,135 @@ def best_of_n_kl__delegates(n):
     return reference.best_of_n_kl(n)
 
 
+# ============================================================ reinforce_loss (policy gradients)
+@wrong("reinforce_loss", "baseline differentiated through")
+def reinforce_loss__baseline_not_detached(logprobs, rewards, mask, baseline=None):
+    weights = rewards if baseline is None else rewards - baseline
+    return -(weights * (logprobs * mask).sum(-1)).mean()
+
+
+@wrong("reinforce_loss", "log-probs averaged instead of summed")
+def reinforce_loss__averaged(logprobs, rewards, mask, baseline=None):
+    weights = (rewards if baseline is None else rewards - baseline).detach()
+    mask = mask.to(logprobs.dtype)
+    return -(weights * (logprobs * mask).sum(-1) / mask.sum(-1)).mean()
+
+
+@wrong("reinforce_loss", "sign flipped")
+def reinforce_loss__sign(logprobs, rewards, mask, baseline=None):
+    weights = (rewards if baseline is None else rewards - baseline).detach()
+    return (weights * (logprobs * mask).sum(-1)).mean()
+
+
+@wrong("reinforce_loss", "mask ignored")
+def reinforce_loss__unmasked(logprobs, rewards, mask, baseline=None):
+    weights = (rewards if baseline is None else rewards - baseline).detach()
+    return -(weights * logprobs.sum(-1)).mean()
+
+
+@wrong("reinforce_loss", "baseline ignored")
+def reinforce_loss__no_baseline(logprobs, rewards, mask, baseline=None):
+    return -(rewards.detach() * (logprobs * mask).sum(-1)).mean()
+
+
+@wrong("reinforce_loss", "sum over the batch instead of the mean")
+def reinforce_loss__batch_sum(logprobs, rewards, mask, baseline=None):
+    weights = (rewards if baseline is None else rewards - baseline).detach()
+    return -(weights * (logprobs * mask).sum(-1)).sum()
+
+
+@wrong("reinforce_loss", "only calls the reference")
+def reinforce_loss__delegates(logprobs, rewards, mask, baseline=None):
+    from alignlab import reference
+    return reference.reinforce_loss(logprobs, rewards, mask, baseline)
+
+
+# ============================================================ rloo_advantages (policy gradients)
+@wrong("rloo_advantages", "RLOO including the sample itself")
+def rloo_advantages__group_mean(rewards):
+    if rewards.shape[1] < 2:
+        raise ValueError("G >= 2")
+    return rewards - rewards.mean(dim=1, keepdim=True)
+
+
+@wrong("rloo_advantages", "divided by G instead of G - 1")
+def rloo_advantages__by_g(rewards):
+    G = rewards.shape[1]
+    if G < 2:
+        raise ValueError("G >= 2")
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / G
+
+
+@wrong("rloo_advantages", "groups along the wrong dimension")
+def rloo_advantages__wrong_dim(rewards):
+    if rewards.shape[1] < 2:
+        raise ValueError("G >= 2")
+    P = rewards.shape[0]
+    return rewards - (rewards.sum(dim=0, keepdim=True) - rewards) / max(P - 1, 1)
+
+
+@wrong("rloo_advantages", "G = 1 not refused")
+def rloo_advantages__no_error(rewards):
+    G = rewards.shape[1]
+    return rewards - (rewards.sum(dim=1, keepdim=True) - rewards) / (G - 1)
+
+
+@wrong("rloo_advantages", "divided by the group std (GRPO)")
+def rloo_advantages__grpo(rewards):
+    if rewards.shape[1] < 2:
+        raise ValueError("G >= 2")
+    return (rewards - rewards.mean(1, keepdim=True)) / (rewards.std(1, keepdim=True) + 1e-6)
+
+
+@wrong("rloo_advantages", "only calls the reference")
+def rloo_advantages__delegates(rewards):
+    from alignlab import reference
+    return reference.rloo_advantages(rewards)
+
+
+# ============================================================ token_entropy (policy gradients)
+@wrong("token_entropy", "entropy from unnormalised logits")
+def token_entropy__raw_logits(logits, mask):
+    logits = logits.float()
+    return -(torch.softmax(logits, -1) * logits).sum(-1) * mask
+
+
+@wrong("token_entropy", "log of softmax underflows")
+def token_entropy__log_of_softmax(logits, mask):
+    p = torch.softmax(logits.float(), -1)
+    return -(p * torch.log(p)).sum(-1) * mask
+
+
+@wrong("token_entropy", "exp overflow (maximum not subtracted)")
+def token_entropy__naive(logits, mask):
+    e = logits.float().exp()
+    p = e / e.sum(-1, keepdim=True)
+    return -(p * torch.log(p)).sum(-1) * mask
+
+
+@wrong("token_entropy", "not masked")
+def token_entropy__unmasked(logits, mask):
+    logp = torch.log_softmax(logits.float(), -1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+@wrong("token_entropy", "computed in low precision")
+def token_entropy__bf16(logits, mask):
+    logp = torch.log_softmax(logits.bfloat16(), -1)
+    return (-(logp.exp() * logp).sum(-1)).float() * mask
+
+
+@wrong("token_entropy", "log-probs as x - logsumexp(x) in float32")
+def token_entropy__categorical(logits, mask):
+    return torch.distributions.Categorical(logits=logits.float()).entropy() * mask
+
+
+@wrong("token_entropy", "only calls the reference")
+def token_entropy__delegates(logits, mask):
+    from alignlab import reference
+    return reference.token_entropy(logits, mask)
+
+
 # ============================================================ kl_penalized_rewards
 @wrong("kl_penalized_rewards", "score on the wrong token: the last column")
 def kl_penalized_rewards__score_on_last_column(scores, logprobs, ref_logprobs, mask, kl_coef):
