@@ -41,6 +41,7 @@ from nbgrader.api import Gradebook, MissingEntry
 from nbgrader.utils import parse_utc
 from tqdm.auto import tqdm
 
+from ..checks._wire import JUDGE_ENV
 from . import course, sandbox
 from .judge import HIDDEN_SEED_ENV, HIDDEN_SEED_FILE, Judge, Session, apply_verdicts, hidden_seed, save_records
 from .release import assignments as all_assignments
@@ -206,7 +207,7 @@ def _run_one(job: Job, work: Path, template_db: Path, timeout: float, cell_timeo
     name = str(next(_SESSIONS))
     uid = sandbox.prepare(wdir, job.submission, template_db, {
         "student": job.student, "assignment": job.assignment, "cell_timeout": job.cell_timeout or cell_timeout,
-        "threads": threads, "judge": str(Path(judge_dir) / f"{name}.sock")})
+        "threads": threads, "env": {JUDGE_ENV: str(Path(judge_dir) / f"{name}.sock")}})
     job.judge = Session(judge, judge_dir, uid=uid, name=name)
     start = time.perf_counter()
     try:

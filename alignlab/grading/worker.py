@@ -7,7 +7,7 @@ and ``result.json``. The main gradebook is never opened here, so a crash, a hang
 cannot corrupt it or another student's grade; ``batch.py`` imports the result afterwards, in one process.
 
 JOB.json: {"student", "assignment", "submission" (folder), "work_dir", "template_db", "cell_timeout", "threads",
-"uid", "judge" (the judge session's socket)}. It never holds the hidden seed: only the judge, in the grade process, does.
+"uid", "env" (variables for the kernel: the judge session's socket)}. It never holds the hidden seed: only the judge, in the grade process, does.
 Isolation (becoming the submission's uid, the environment the kernel inherits) is ``sandbox.enter``'s.
 result.json: {"status": "graded"|"failed", "reason", "notebooks": {nb: {"grades": [...], "comments": [...]}}}.
 """
@@ -26,7 +26,6 @@ import nbformat
 from nbgrader.api import Gradebook
 from nbgrader.apps import NbGraderAPI
 
-from ..checks._wire import JUDGE_ENV
 from . import course, sandbox
 from .release import make_config, nbgrader_env
 
@@ -120,9 +119,9 @@ def grade(job: dict) -> dict:
 def run_job(job_file: str) -> int:
     """Grade the job described in ``job_file``; write result.json next to it. Output goes to worker.log."""
     job = json.loads(Path(job_file).read_text())
-    # the submission's own uid, and an environment (which the kernel inherits) without the grader's secrets; the
-    # kernel's checks ask the judge (outside this uid) for their cases
-    sandbox.enter(job, {JUDGE_ENV: job["judge"]} if job.get("judge") else {})
+    # the submission's own uid, and an environment (which the kernel inherits) without the grader's secrets, plus
+    # the job's own variables (the judge's socket: the kernel's checks ask the judge, outside this uid, for cases)
+    sandbox.enter(job, job.get("env", {}))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):        # the kernel inherits them: workers share the cores
         os.environ.setdefault(var, str(job.get("threads", 1)))
     result_path = Path(job["work_dir"]) / "result.json"
