@@ -135,3 +135,60 @@ def test_solution_notebooks_sample_with_a_generator_on_the_tracks_device():
                 if "sample(" in statement and "torch.Generator()" in statement and "arithmetic.sample(" not in statement:
                     offenders.append(f"{path.name}: {statement.strip().splitlines()[0]}")
     assert offenders == []
+
+
+# ------------------------------------------------------------------ benchmarks/gpu_shapes.py's accounting
+def _gpu_shapes():
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    if "gpu_shapes" not in sys.modules:
+        path = Path(__file__).resolve().parent.parent / "benchmarks" / "gpu_shapes.py"
+        spec = importlib.util.spec_from_file_location("gpu_shapes", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["gpu_shapes"] = module                  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["gpu_shapes"]
+
+
+def test_gpu_shapes_counts_cpu_attention_and_every_matmul_of_a_gpt2_forward():
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    _gpu_shapes()                                       # registers the CPU attention kernel's formula
+    B, T, d, V, H = 2, 6, 16, 50, 2
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_positions=8, n_embd=d, n_layer=1, n_head=H)).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(input_ids=torch.randint(0, V, (B, T)))
+    linear = 2 * B * T * (3 * d * d + d * d + 8 * d * d + d * V)       # qkv, projection, MLP, LM head
+    attention = 2 * 2 * B * H * T * T * (d // H)                        # scores and weighted sum
+    assert counter.get_total_flops() == linear + attention
+
+
+def test_gpu_shapes_scales_a_call_by_tokens_and_extrapolates_its_memory_linearly():
+    gs = _gpu_shapes()
+    weight = torch.randn(32, 32)
+
+    def run(s):
+        x = torch.randn(s * 10, 32)                     # 128 bytes per token, and as much for y
+        y = x @ weight                                   # 2 * 32 * 32 FLOPs per token
+        del x, y
+        return {"main": gs.tok(s * 10)}
+
+    call = gs.Call("toy", "a matmul per token", run, (1, 2), {"main": gs.tok(1000)}, keep=lambda: [weight])
+    call.measure()
+    assert call.step_flops() == 1000 * 2 * 32 * 32
+    transient, where = call.transient_bytes()
+    assert where == "main" and transient == pytest.approx(1000 * 2 * 32 * 4, rel=0.05)   # x and y, 1,000 tokens
+    assert [r["baseline_bytes"] for r in call.results] == [32 * 32 * 4] * 2
+
+
+def test_gpu_shapes_counts_distinct_sequences_of_dpo_batches():
+    gs = _gpu_shapes()
+    assert gs.unique_sequences(range(6)) == 4                            # one prompt: 6 pairs of 4 completions
+    assert gs.unique_sequences(range(64)) == 10 * 4 + 4                  # notebook 04's first batch
+    assert 44 <= gs.mean_unique_per_batch(12_000, 64, 600, grouped=True) <= 46
+    assert 120 <= gs.mean_unique_per_batch(18_000, 64, 50, grouped=False) <= 128
