@@ -1,4 +1,4 @@
-"""The second embedded world: two-digit addition with an exact verifier (notebook 06).
+"""The second embedded world: two-digit addition with an exact verifier (notebook 07).
 
 Problems are ``"37+48="``; a completion is the answer digits then ``<eos>``
 (``"85"``). The vocabulary is character level (16 tokens), the policy is a tiny

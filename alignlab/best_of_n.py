@@ -2,7 +2,7 @@
 
 Notebook 02 uses it as the simplest optimizer of a learned reward, and shows
 over-optimization: the proxy keeps rising with n while the gold reward it buys
-flattens. Notebook 04 puts its points on the frontier (``alignlab.frontier``).
+flattens. Notebook 05 puts its points on the frontier (``alignlab.frontier``).
 
 >>> config = BestOfNConfig.for_track(track)
 >>> pool = best_of_n_pool(policy, tokenizer, prompts, reward_model, gold, config)   # (P, N) proxy and gold

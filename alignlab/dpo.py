@@ -1,4 +1,4 @@
-"""Notebook 04's DPO loop (its plots and the beta explorer: ``alignlab.dpo_plots``).
+"""Notebook 05's DPO loop (its plots and the beta explorer: ``alignlab.dpo_plots``).
 
 DPO trains the policy on fixed preference pairs with a classification loss on
 log-ratios against a frozen reference; no reward model, no sampling. The loop
@@ -37,7 +37,7 @@ EvalFn = Callable[[torch.nn.Module], dict]  # policy -> {"gold": float, "kl": fl
 
 @dataclass
 class DPOConfig:
-    """Settings of one DPO run. ``for_track`` gives notebook 04's tuned recipe; ``docs/tuning.md`` has the runs behind it."""
+    """Settings of one DPO run. ``for_track`` gives notebook 05's tuned recipe; ``docs/tuning.md`` has the runs behind it."""
 
     beta: float = 0.1              # KL strength: implicit reward = beta * log(pi / pi_ref); bind it into loss_fn
     lr: float = 3e-4               # AdamW learning rate (tiny model, small data: far above the paper's 1e-6)
@@ -55,7 +55,7 @@ class DPOConfig:
 
     @classmethod
     def for_track(cls, track, **overrides) -> "DPOConfig":
-        """Notebook 04's DPO recipe for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
+        """Notebook 05's DPO recipe for ``track`` (CPU, GPU, grading); ``overrides`` replace any field.
 
         beta 0.15; a prompt's pairs share a batch (96 pairs = 16 prompts on the CPU); the learning rate is
         warmed up, then decays linearly to 0. E.g. ``for_track(track, beta=0.3)``.
@@ -73,7 +73,7 @@ class DPOConfig:
         return replace(cfg, **overrides)
 
 
-DPOHistory = RunHistory  # the name notebook 04 and older code use
+DPOHistory = RunHistory  # the name notebook 05 and older code use
 
 
 # ------------------------------------------------------------ log-probs of pairs

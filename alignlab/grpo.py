@@ -1,4 +1,4 @@
-"""GRPO on the arithmetic world (notebook 06): sample G answers per problem, verify, group advantages, clipped updates.
+"""GRPO on the arithmetic world (notebook 07): sample G answers per problem, verify, group advantages, clipped updates.
 
 The loop takes the learner's functions (or the references): ``group_relative_advantages``,
 ``grpo_policy_loss`` and ``kl_estimators``. ``scale_rewards=False`` drops the std

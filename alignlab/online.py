@@ -1,10 +1,10 @@
-"""Notebook 05's online (iterative) DPO: sample fresh pairs from the current policy, label them, train again.
+"""Notebook 06's online (iterative) DPO: sample fresh pairs from the current policy, label them, train again.
 
 Offline DPO trains on pairs sampled once from the starting policy. Online DPO
 repeats a short loop: sample ``samples_per_prompt`` completions for fresh prompts
 from the *current* policy, let a labeller (a learned reward model, or the
 simulated annotators) score them, keep the best and the worst as a pair, and run
-a few DPO steps on those pairs with notebook 04's ``train_dpo``. The reference
+a few DPO steps on those pairs with notebook 05's ``train_dpo``. The reference
 stays the starting policy, so the KL it reports means the same as offline DPO's.
 
 >>> labeller = reward_model_labeller(reward_model, tokenizer.pad_token_id)

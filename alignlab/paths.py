@@ -18,7 +18,7 @@ TINY_POLICY_DIR = DATA_DIR / "tiny-gpt2"      # GPT2LMHeadModel + tokenizer, Hug
 GOLD_DIR = DATA_DIR / "gold"                  # gold sentiment classifier, no pickle
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"     # IMDb prefixes of 2-8 tokens, with a split field
 PAIRS_FILE = DATA_DIR / "pairs.jsonl.gz"      # labelled preference pairs, with a split field (gzipped JSON lines)
-REWARD_MODELS_DIR = DATA_DIR / "reward-models"  # notebook 03's reward models, trained once by `make data`
+REWARD_MODELS_DIR = DATA_DIR / "reward-models"  # notebook 04's reward models, trained once by `make data`
 
 
 def require(path: Path, what: str) -> Path:

@@ -1,4 +1,4 @@
-"""Notebook 03's PPO loop (RLHF): rollout -> score -> KL-shaped reward -> GAE -> several epochs of clipped updates.
+"""Notebook 04's PPO loop (RLHF): rollout -> score -> KL-shaped reward -> GAE -> several epochs of clipped updates.
 
 The loop is CleanRL-flat and uses the field's names (``advantages``, ``returns``,
 ``ratio``, ``pg_loss``, ``v_loss``, ``approx_kl``, ``clipfrac``). The math it needs
@@ -13,7 +13,7 @@ that emits token t+1 is the value function's output at position t.
 Public entry points:
 
 - :func:`run_ppo` -- one call, from a track or policy path to a :class:`PPOHistory`
-  (notebook 04 uses it for its reward-vs-KL frontier).
+  (notebook 05 uses it for its reward-vs-KL frontier).
 - :func:`train_ppo` -- the loop itself, on models the caller already holds.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ RewardFn = Callable[["RolloutBatch"], torch.Tensor]   # a batch of rollouts -> (
 
 @dataclass
 class PPOFunctions:
-    """The six functions of notebook 03 that the loop calls (signatures: docs/conventions.md)."""
+    """The six functions of notebook 04 that the loop calls (signatures: docs/conventions.md)."""
 
     kl_penalized_rewards: Callable
     masked_mean: Callable
@@ -348,7 +348,7 @@ def normalize_reward(reward: ModelReward, ref_model, tokenizer, prompts: Sequenc
     return ModelReward(reward.reward_model, shift=float(raw.mean()), scale=float(raw.std().clamp(min=1e-6)))
 
 
-# ----------------------------------------------------------------- one call, for notebook 04's frontier
+# ----------------------------------------------------------------- one call, for notebook 05's frontier
 def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None = None, ref_model=None,
             tokenizer=None, evaluate: Callable[[object], dict] | None = None, progress: bool = True) -> PPOHistory:
     """Train a fresh policy with PPO and return its history (``history.evals``: iteration, gold, kl, score).
@@ -356,7 +356,7 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
     policy_source: a Track or a folder/Hub id (the starting policy; also the reference unless ``ref_model``).
     reward: ``"gold"`` (PPO against the true reward, the DPO paper's PPO-GT), a RewardModel
         (normalized here so the reference's samples score 0 +- 1), or a callable on a RolloutBatch.
-        A reward model (or a ``ModelReward``) also starts the value model, as in notebook 03;
+        A reward model (or a ``ModelReward``) also starts the value model, as in notebook 04;
         otherwise the value is a head on the policy that starts at zero.
     config: e.g. ``PPOConfig.for_track(track, kl_coef=0.1)``. Seeded by ``config.seed`` without
         touching the caller's random state.

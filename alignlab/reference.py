@@ -200,7 +200,7 @@ def token_entropy(logits: Tensor, mask: Tensor) -> Tensor:
     return entropy * mask.to(entropy.dtype)
 
 
-# ------------------------------------------------- 03 RLHF with PPO
+# ------------------------------------------------- 04 RLHF with PPO
 def kl_penalized_rewards(scores: Tensor, logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, kl_coef: float) -> Tensor:
     """Per-token RLHF reward: -kl_coef * (log pi - log pi_ref) on masked tokens, plus the score at the last one.
 
@@ -309,7 +309,7 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
     return 0.5 * masked_mean(losses, mask)
 
 
-# ------------------------------------------------- 04 DPO
+# ------------------------------------------------- 05 DPO
 def dpo_logits(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                ref_chosen_logps: Tensor, ref_rejected_logps: Tensor) -> Tensor:
     """The DPO log-ratio difference h = (pc - rc) - (pr - rr).
@@ -354,7 +354,7 @@ def dpo_gradient_weight(policy_chosen_logps: Tensor, policy_rejected_logps: Tens
     return torch.sigmoid(-beta * dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps))
 
 
-# ------------------------------------------------- 05 beyond DPO
+# ------------------------------------------------- 06 beyond DPO
 def cdpo_loss(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
               ref_rejected_logps: Tensor, beta: float, label_smoothing: float) -> Tensor:
     """Conservative DPO: mean of -(1-e) log sigmoid(beta h) - e log sigmoid(-beta h), e = label_smoothing.
@@ -401,7 +401,7 @@ def group_relative_advantages(rewards: Tensor, eps: float = 1e-6) -> Tensor:
     return (rewards - mean) / (std + eps)
 
 
-# ------------------------------------------------- 06 RL with verifiable rewards
+# ------------------------------------------------- 07 RL with verifiable rewards
 def kl_estimators(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Schulman's per-token estimators of KL(policy || reference) from tokens sampled by the policy.
 

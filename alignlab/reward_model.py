@@ -3,14 +3,14 @@
 The loss is the caller's (the learner's ``pairwise_reward_loss`` in the notebook,
 the course's reference elsewhere), so the learner's own code trains the model.
 
-Stable entry points (notebook 03 and later reuse them; keep the signatures):
+Stable entry points (notebook 04 and later reuse them; keep the signatures):
 
 - ``RewardModelConfig.for_track(track, **overrides)`` -- sizes for a track.
 - ``train_reward_model(pairs, config, loss_fn=None, track=None, last_index_fn=None, progress=True) -> RewardModel``
   -- a trained reward model in eval mode, on the track's device (pass ``steps=`` to ``for_track`` for a
   shorter run). ``pairs`` is the training split of ``alignlab.pairs.load_pairs()``. The model carries ``.train_losses`` and
   ``.train_accuracies`` (lists of float). ``loss_fn`` defaults to ``reference.pairwise_reward_loss``.
-- ``stored_or_trained(name, config, track) -> RewardModel`` -- notebook 03's reward models (``PPO_REWARD_MODELS``):
+- ``stored_or_trained(name, config, track) -> RewardModel`` -- notebook 04's reward models (``PPO_REWARD_MODELS``):
   on the tiny track, the copy ``make data`` trained with exactly this config, pairs and policy; otherwise trained here.
 - ``score_batch(reward_model, input_ids, attention_mask) -> (B,)`` -- rewards of collated sequences
   (e.g. a rollout's), any padding side.
@@ -135,8 +135,8 @@ def train_reward_model(pairs, config: RewardModelConfig, loss_fn: LossFn | None 
     return model
 
 
-# ------------------------------------------------------------ notebook 03's reward models, built once
-# Notebook 03 optimizes a reward model with PPO and shows reward hacking against a weak one. Training them is
+# ------------------------------------------------------------ notebook 04's reward models, built once
+# Notebook 04 optimizes a reward model with PPO and shows reward hacking against a weak one. Training them is
 # the same work notebook 02 already showed, so `make data` trains them once (scripts/build_reward_models.py)
 # and the tiny track loads them; any other track, scale or config trains them where it runs.
 PPO_REWARD_MODELS = {
@@ -146,7 +146,7 @@ PPO_REWARD_MODELS = {
 
 
 def ppo_reward_model_config(name: str, track) -> RewardModelConfig:
-    """The config of notebook 03's reward model ``name`` ("ppo" or "weak") at the track's scale."""
+    """The config of notebook 04's reward model ``name`` ("ppo" or "weak") at the track's scale."""
     if name not in PPO_REWARD_MODELS:
         raise ValueError(f"unknown reward model {name!r}: one of {sorted(PPO_REWARD_MODELS)}")
     return RewardModelConfig.for_track(track, **{k: track.pick(**v) for k, v in PPO_REWARD_MODELS[name].items()})
@@ -190,7 +190,7 @@ def load_stored(name: str, config: RewardModelConfig, track, folder: Path | None
 
 
 def stored_or_trained(name: str, track, pairs=None, progress: bool = True):
-    """Notebook 03's reward model ``name``: loaded if ``make data`` stored it for this config, else trained now.
+    """Notebook 04's reward model ``name``: loaded if ``make data`` stored it for this config, else trained now.
 
     ``pairs``: the training pairs (default ``load_pairs("train", track)``); only read when training.
     Prints which of the two happened. The stored copy is float16-rounded, so its scores differ from a

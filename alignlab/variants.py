@@ -1,4 +1,4 @@
-"""Notebook 05's experiment helpers: noisy labels, loss shapes, completion lengths, and the comparison plots.
+"""Notebook 06's experiment helpers: noisy labels, loss shapes, completion lengths, and the comparison plots.
 
 >>> noisy = flip_labels(pairs, fraction=0.2, seed=0)        # extra annotator mistakes
 >>> label_agreement(noisy)                                   # share of pairs the gold classifier agrees with

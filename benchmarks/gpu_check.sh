@@ -36,7 +36,7 @@ timeout "$PHASE_A_S" $PY benchmarks/profile_notebooks.py --grading --track gpt2 
   --out "$OUTDIR/gpu_grading.json"
 echo "== B: full scale (gpt2 track), in order, until the time is up"; date -u +%H:%M:%S
 timeout "$PHASE_B_S" $PY benchmarks/profile_notebooks.py --track gpt2 --top 4 --budget 120 \
-  --only ${FULL_SCALE:-00_getting_started 01_preference_data 02_reward_model 06_rlvr} --out "$OUTDIR/gpu_full.json"
+  --only ${FULL_SCALE:-00_getting_started 01_preference_data 02_reward_model 07_rlvr} --out "$OUTDIR/gpu_full.json"
 date -u +%H:%M:%S
 kill $SMI 2>/dev/null
 echo "GPU memory used, highest sample: $(cut -d, -f2 "$OUTDIR/gpu_memory.csv" | sort -n | tail -1) MiB"

@@ -223,7 +223,8 @@ def _install_probes() -> None:
 
     # Parts with their own batch: PPO's rollout (all rollouts at once), and the sub-calls that best-of-n and
     # online DPO make in fixed chunks (reward-model scoring, reference log-probs), so each is scaled to its size.
-    for module, name, label in ((ppo, "collect_rollouts", "rollout"), (best_of_n, "sample", "sample"),
+    for module, name, label in ((ppo, "collect_rollouts", "rollout"), (evaluation, "sample", "sample"),
+                                (best_of_n, "sample", "sample"),
                                 (best_of_n, "score_batch", "score"), (online, "sample", "sample"),
                                 (online, "completion_logps", "reference"), (online, "score_completions", "labeller")):
         setattr(module, name, _labelled(getattr(module, name), label))
@@ -316,15 +317,21 @@ class Call:
         return per_b / per_a if per_a else float("nan")
 
     def transient_bytes(self) -> tuple[float, str]:
-        """(peak bytes above the models held before the call at the real size, the part where it peaks)."""
+        """(peak bytes above the models held before the call at the real size, the part where it peaks).
+
+        A training call is measured on its first step, before AdamW has moments and while no gradient is
+        left over. In the steps after it, both are alive outside the optimizer step too (the loops call
+        zero_grad after the forward pass): 3 x the trained parameters' bytes are added to every other
+        part, an upper bound (during the backward pass the old gradients are already freed)."""
         a, b = self.results
+        steady = 3 * 4 * self.optimizer_params
         best, where = 0.0, "main"
         for name in set(a["peak_bytes"]) | set(b["peak_bytes"]):
             ya = a["peak_bytes"].get(name, 0) - a["baseline_bytes"]
             yb = b["peak_bytes"].get(name, 0) - b["baseline_bytes"]
             xa, xb = self._tokens(a, name, "mem"), self._tokens(b, name, "mem")
             slope = max(0.0, (yb - ya) / (xb - xa)) if xb != xa else 0.0
-            y = yb + slope * (self._full(name, "mem") - xb)
+            y = yb + slope * (self._full(name, "mem") - xb) + (steady if name != "optimizer" else 0)
             if y > best:
                 best, where = y, name
         return best, where
@@ -338,10 +345,12 @@ class Call:
                 "optimizer_params": self.optimizer_params, "gold_texts": self.gold_texts,
                 "measured": self.results}
 
-    def variant(self, name: str, what: str, full: dict, exclude: tuple = (), **counts) -> "Call":
-        """The same measured call at another real size (``full``), optionally without some parts."""
-        results = [{**r, "flops_by_part": {k: v for k, v in r["flops_by_part"].items() if k not in exclude},
-                    "peak_bytes": {k: v for k, v in r["peak_bytes"].items() if k not in exclude}}
+    def variant(self, name: str, what: str, full: dict, exclude: tuple = (), only: tuple = (), **counts) -> "Call":
+        """The same measured call at another real size (``full``), without some parts or with only some."""
+        def keep(k):
+            return k not in exclude and (not only or k in only)
+        results = [{**r, "flops_by_part": {k: v for k, v in r["flops_by_part"].items() if keep(k)},
+                    "peak_bytes": {k: v for k, v in r["peak_bytes"].items() if keep(k)}}
                    for r in self.results]
         return replace(self, name=name, what=what, full=full, results=results, **counts)
 
@@ -436,7 +445,6 @@ def build_calls(w: World) -> dict[str, Call]:
     from alignlab.online import OnlineDPOConfig, reward_model_labeller, sample_online_pairs
     from alignlab.ppo import ModelReward, PPOConfig, normalize_reward, train_ppo
     from alignlab.reward_model import RewardModelConfig, score_pairs, train_reward_model
-    from alignlab.rollout import sample
 
     t = w.track
     P = w.prompt_width
@@ -450,19 +458,6 @@ def build_calls(w: World) -> dict[str, Call]:
 
     def ids(rows):
         return [list(r["prompt_ids"]) for r in rows]
-
-    def sample_call(L):
-        def run(s):
-            sample(w.policy, ids(w.long_test[:s]), L, tokenizer=w.tokenizer, generator=torch.Generator().manual_seed(0))
-            return {"main": tok(s * (P + L))}
-        return run
-
-    calls["sample24"] = Call("sample24", "rollout.sample: 4 prompts x 24 tokens (notebooks 00, 01)",
-                             sample_call(24), (2, 4), {"main": tok(4 * (P + 24))}, keep=lambda: [w.policy],
-                             decode_steps=24, gold_texts=4)
-    calls["sample48"] = Call("sample48", "rollout.sample: 500 prompts x 48 tokens in one call (05's lengths)",
-                             sample_call(L_ppo), (2, 4), {"main": tok(500 * (P + L_ppo))}, keep=lambda: [w.policy],
-                             decode_steps=L_ppo, gold_texts=0)
 
     def pairs_run(s):
         rows = w.pairs(s)
@@ -521,12 +516,12 @@ def build_calls(w: World) -> dict[str, Call]:
     def eval_call(L):
         def run(s):
             evaluate_policy(w.policy, w.reference, w.tokenizer, w.gold, w.long_test[:s], n=s, max_new_tokens=L)
-            return {"main": tok(s * (P + L))}
+            return {"main": tok(s * (P + L)), "sample": tok(s * (P + L))}
         return run
 
     for L in (24, L_ppo):
         calls[f"evaluate{L}"] = Call(f"evaluate{L}", f"evaluate_policy: one batch of 128 prompts x {L} tokens "
-                                     "(sample, reference log-probs, gold)", eval_call(L), (2, 4),
+                                     "(rollout.sample, reference log-probs, gold)", eval_call(L), (2, 4),
                                      {"main": tok(128 * (P + L))}, keep=lambda: [w.policy, w.reference],
                                      decode_steps=L, gold_texts=128)
 
@@ -567,14 +562,14 @@ def build_calls(w: World) -> dict[str, Call]:
     run, keep = ppo_call("value_model")
     calls["ppo_vm"] = Call("ppo_vm", f"train_ppo: one iteration, {ppo.batch_size} rollouts x {L_ppo} tokens, "
                            f"{ppo.ppo_epochs} epochs of minibatches of {ppo.minibatch_size}; value model = a copy of "
-                           "the reward model (notebook 03)", run, (1, 2), ppo_full, keep=keep, decode_steps=L_ppo,
+                           "the reward model (notebook 04)", run, (1, 2), ppo_full, keep=keep, decode_steps=L_ppo,
                            optimizer_steps=updates, optimizer_params=2 * w.params)
     run, keep = ppo_call("value_head")
-    calls["ppo_head"] = Call("ppo_head", f"train_ppo: one iteration as above with a value head on the policy, "
-                             "reward model reward (03's beta = 0 run)", run, (1, 2), ppo_full, keep=keep,
+    calls["ppo_head"] = Call("ppo_head", "train_ppo: one iteration as above with a value head on the policy, "
+                             "reward model reward (04's beta = 0 run)", run, (1, 2), ppo_full, keep=keep,
                              decode_steps=L_ppo, optimizer_steps=updates, optimizer_params=w.params)
 
-    # DPO: a step on the pairs of s prompts (6 pairs each, grouped as notebook 04 groups them).
+    # DPO: a step on the pairs of s prompts (6 pairs each, grouped as notebook 05 groups them).
     def dpo_keep():
         held["dpo"] = w.trainable()
         return [held["dpo"]]
@@ -586,8 +581,12 @@ def build_calls(w: World) -> dict[str, Call]:
         train_dpo(held.pop("dpo"), None, rows, functools.partial(dpo_loss, beta=cfg.beta), cfg)
         return {"main": tok(unique_sequences(range(len(rows))) * pair_width(rows))}
 
-    calls["dpo_step"] = Call("dpo_step", "train_dpo: one step (AdamW), stored reference log-probs", dpo_run, (1, 2),
-                             {"main": tok(1)}, keep=dpo_keep, optimizer_steps=1, optimizer_params=w.params)
+    dpo = DPOConfig.for_track(t)
+    u04 = mean_unique_per_batch(12_000, dpo.batch_size, dpo.steps, grouped=True)
+    calls["dpo_step"] = Call("dpo_step", f"train_dpo: one step (AdamW) of {dpo.batch_size} pairs grouped by prompt "
+                             f"({u04:.1f} distinct sequences), stored reference log-probs", dpo_run, (1, 2),
+                             {"main": tok(round(u04 * (P + 24)))}, keep=dpo_keep, optimizer_steps=1,
+                             optimizer_params=w.params)
 
     def logps_run(s):
         rows = w.pairs(s)
@@ -596,8 +595,9 @@ def build_calls(w: World) -> dict[str, Call]:
             pair_logps(w.policy, batch)
         return {"main": tok(unique_sequences(range(len(rows))) * pair_width(rows))}
 
-    calls["pair_logps"] = Call("pair_logps", "dpo.pair_logps without gradient (held-out pairs, reference)",
-                               logps_run, (1, 2), {"main": tok(1)}, keep=lambda: [w.policy])
+    calls["pair_logps"] = Call("pair_logps", f"dpo.pair_logps without gradient: a batch of {dpo.batch_size} pairs "
+                               "grouped by prompt (held-out pairs, reference)", logps_run, (1, 2),
+                               {"main": tok(round(u04 * (P + 24)))}, keep=lambda: [w.policy])
 
     def online_run(s):
         cfg = OnlineDPOConfig.for_track(t)
@@ -622,7 +622,7 @@ def build_calls(w: World) -> dict[str, Call]:
 
 # ---------------------------------------------------------------------------- notebook 06: its own tiny model
 def measure_grpo() -> dict:
-    """Notebook 06 asks for select_track("tiny") and keeps its arithmetic model on the CPU on every track:
+    """Notebook 07 asks for select_track("tiny") and keeps its arithmetic model on the CPU on every track:
     one GRPO step and one greedy evaluation at the notebook's sizes, for real."""
     from alignlab import arithmetic, config
     from alignlab.grpo import GRPOConfig, evaluate, train_grpo
@@ -638,9 +638,10 @@ def measure_grpo() -> dict:
         tracker = LiveBytes([policy], flops=counter)
         start = time.perf_counter()
         with counter, tracker:
-            train_grpo(policy, train, evals, replace(cfg, steps=steps, eval_every=10 ** 6), progress=False)
+            history = train_grpo(policy, train, evals, replace(cfg, steps=steps, eval_every=10 ** 6), progress=False)
         out[steps] = {"flops": counter.get_total_flops(), "wall_s": time.perf_counter() - start,
-                      "peak_bytes": max(tracker.peaks.values())}
+                      "peak_bytes": max(tracker.peaks.values()),
+                      "step_s": history.steps[-1]["seconds"] - (history.steps[-2]["seconds"] if steps > 1 else 0)}
     policy = arithmetic.load_policy()
     counter = FlopCounterMode(display=False)
     with counter:
@@ -652,7 +653,7 @@ def measure_grpo() -> dict:
     return {"config": {"steps": cfg.steps, "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size,
                        "epochs": cfg.epochs, "eval_problems": cfg.eval_problems, "device": "cpu (every track)"},
             "params": sum(p.numel() for p in policy.parameters()), "step_flops": step, "eval_flops": eval_flops,
-            "run_flops_grpo_only": total, "step_wall_s": out[2]["wall_s"] - out[1]["wall_s"],
+            "run_flops_grpo_only": total, "step_wall_s": out[2]["step_s"],
             "peak_bytes": out[2]["peak_bytes"]}
 
 
@@ -710,8 +711,10 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
         return c["dpo_step"].variant(name, f"train_dpo: one step, {unique:.1f} distinct sequences x {W24} tokens",
                                      {"main": tok(round(unique * W24))})
 
-    ev48 = lambda n, times, res, note: Use(c["evaluate48"], times * n / 128, res, note, calls=times * math.ceil(n / 128))
-    ev24 = lambda n, times, res, note: Use(c["evaluate24"], times * n / 128, res, note, calls=times * math.ceil(n / 128))
+    def ev48(n, times, res, note):
+        return Use(c["evaluate48"], times * n / 128, res, note, calls=times * math.ceil(n / 128))
+    def ev24(n, times, res, note):
+        return Use(c["evaluate24"], times * n / 128, res, note, calls=times * math.ceil(n / 128))
 
     # notebook 04: 12,000 pairs grouped by prompt, batches of 64; held-out: the first 1,200 test pairs
     u04 = mean_unique_per_batch(12_000, dpo.batch_size, dpo.steps, grouped=True)
@@ -725,11 +728,16 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
     u05n = mean_unique_per_batch(0, 64, 600, grouped=False, pool=noisy)
     u05 = mean_unique_per_batch(n_train * PAIRS_PER_PROMPT, 64, 600, grouped=False)
     online_steps = max(1, 600 // online.rounds)
-    bon_points = c["sample24"].variant("bon_points", "best_of_n_points: one call, 8 prompts x 128 samples x 24 tokens, gold",
-                                       {"main": tok(8 * 128 * W24)}, gold_texts=8 * 128)
-    grpo_demo = c["sample48"].variant("grpo_demo", "sample: 3 prompts x 8 samples x 48 tokens",
-                                      {"main": tok(24 * (P + 48))})
-    ppo_gold = c["ppo_head"].variant("ppo_gold", "train_ppo: one iteration, value head, gold reward (04's frontier)",
+    def sampling(L, n, name, what, gold=0):
+        """rollout.sample alone: the sampling part of evaluate_policy's call at that length, n sequences."""
+        return c[f"evaluate{L}"].variant(name, what, {"sample": tok(n * (P + L))}, only=("sample",), gold_texts=gold)
+
+    sample4 = sampling(24, 4, "sample24", "rollout.sample: 4 prompts x 24 tokens", gold=4)
+    lengths = sampling(48, 500, "sample48", "rollout.sample: 500 prompts x 48 tokens in one call")
+    bon_points = sampling(24, 8 * 128, "bon_points", "best_of_n_points: one call, 8 prompts x 128 samples x 24 tokens, "
+                          "gold", gold=8 * 128)
+    grpo_demo = sampling(48, 24, "grpo_demo", "sample: 3 prompts x 8 samples x 48 tokens")
+    ppo_gold = c["ppo_head"].variant("ppo_gold", "train_ppo: one iteration, value head, gold reward (05's frontier)",
                                      c["ppo_head"].full, exclude=("reward",), gold_texts=ppo.batch_size)
     try_step = dpo_at(u_try, "debug_step")
     try_ref = c["pair_logps"].variant("debug_ref", "pair_logps of the reference, 32 pairs",
@@ -737,11 +745,11 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
     sweep_betas, sweep_kl = 3, 4
 
     return {
-        "00_getting_started": {"step": Use(c["sample24"], 1, 1, "sample 4 prompts x 24 tokens"),
-                               "uses": [Use(c["sample24"], 1, 1, "sample 4 prompts x 24 tokens")]},
+        "00_getting_started": {"step": Use(sample4, 1, 1, "sample 4 prompts x 24 tokens"),
+                               "uses": [Use(sample4, 1, 1, "sample 4 prompts x 24 tokens")]},
         "01_preference_data": {"step": pairs(chunk, 1, "one chunk"), "uses": [
             pairs(n_train, 1, "regenerate the 18,000 train pairs (first load; cached afterwards)"),
-            Use(c["sample24"], 1, 1, "sample 4 x 24"),
+            Use(sample4, 1, 1, "sample 4 x 24"),
             Use(c["pref_rate"], 2048 / 64, 1, "policy_preference_rate on 2,048 pairs")]},
         "02_reward_model": {"step": Use(c["rm_step"], 1, 1, "one reward-model step"), "uses": [
             pairs(n_train, 0, "train pairs (regenerated unless cached)"),
@@ -749,7 +757,7 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
             Use(c["rm_step"], rm.steps, 1, f"reward model, {rm.steps} steps x {rm.batch_size} pairs"),
             Use(c["score_pairs"], min(rm.eval_pairs, n_test * 6) / 128, 2, "score the held-out pairs"),
             Use(c["bon"], 128 / bon.prompts_per_call, 3, "best-of-n pool, 128 prompts x 256 samples")]},
-        "03_rlhf_ppo": {"step": Use(c["ppo_vm"], 1, 4, "one PPO iteration"), "uses": [
+        "04_rlhf_ppo": {"step": Use(c["ppo_vm"], 1, 4, "one PPO iteration"), "uses": [
             pairs(n_train, 1, "train pairs (regenerated unless cached)"),
             Use(c["rm_step"], rm.steps, 1, "reward model"),
             Use(c["normalize"], ppo.normalize_samples / ppo.batch_size, 2, "normalize the reward"),
@@ -762,13 +770,13 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
             Use(c["score_pairs"], 2 * 2000 / 128, 5, "two reward models on 2,000 test pairs"),
             Use(c["ppo_head"], ppo.iterations, 6, "beta = 0 run, value head"),
             ev48(256, evals_ppo, 9, f"{evals_ppo} evaluations inside the beta = 0 run")]},
-        "04_dpo": {"step": Use(dpo_at(u04, "dpo_step_04"), 1, 2, "one DPO step"), "uses": [
-            pairs(2000, 2, "12,000 train pairs = 2,000 prompts: its own cache key, regenerated even after 01-03"),
+        "05_dpo": {"step": Use(dpo_at(u04, "dpo_step_04"), 1, 2, "one DPO step"), "uses": [
+            pairs(2000, 2, "12,000 train pairs = 2,000 prompts: its own cache key, regenerated even after 01-04"),
             pairs(n_test, 2, "test pairs (regenerated unless cached)"),
             Use(dpo_at(u04, "dpo_step_04"), dpo.steps, 2, f"DPO, {dpo.steps} steps x {dpo.batch_size} pairs grouped"),
             ev24(256, evals_dpo, 5, f"{evals_dpo} evaluations inside DPO"),
             Use(heldout, dpo.steps // dpo.heldout_every + 1, 5, "held-out pairs every 25 steps"),
-            Use(c["sample24"], 2, 2, "show samples"),
+            Use(sample4, 2, 2, "show samples"),
             Use(try_step, 8, 3, "debugging exercise: 2 x 4 steps on 32 pairs (SGD; counted as AdamW)"),
             Use(try_ref, 8, 3, "its reference forward"),
             Use(dpo_at(u04, "dpo_step_04"), sweep_betas * dpo.steps, 3, "frontier: 3 more betas"),
@@ -776,7 +784,7 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
             Use(ppo_gold, sweep_kl * ppo.iterations, 3, "frontier: PPO against the gold, 4 KL coefficients"),
             ev24(256, sweep_kl * evals_ppo, 6, "their evaluations"),
             Use(bon_points, 256 / 8, 2, "frontier: best-of-n, 256 prompts x 128 samples")]},
-        "05_beyond_dpo": {"step": Use(dpo_at(u05, "dpo_step_05"), 1, 4, "one DPO step (ungrouped)"), "uses": [
+        "06_beyond_dpo": {"step": Use(dpo_at(u05, "dpo_step_05"), 1, 4, "one DPO step (ungrouped)"), "uses": [
             pairs(n_train, 2, "train pairs (regenerated unless cached)"),
             pairs(n_test, 2, "test pairs (regenerated unless cached)"),
             ev48(n_test, 1, 2, "the base policy"),
@@ -784,7 +792,7 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
             ev48(n_test, 3 * 3, 6, "their evaluations (3 each)"),
             Use(dpo_at(u05, "dpo_step_05"), 2 * 600, 4, "offline DPO and SimPO, 600 steps each"),
             ev48(n_test, 2 * 4, 7, "their evaluations (4 each)"),
-            Use(c["sample48"], 3, 4, "completion lengths: 3 policies x 500 prompts in one call"),
+            Use(lengths, 3, 4, "completion lengths: 3 policies x 500 prompts in one call"),
             Use(c["rm_step"], rm.steps, 4, "reward model for the online labeller"),
             Use(c["score_pairs"], 512 / 128, 5, "its agreement on 512 test pairs"),
             Use(c["online_sample"], online.rounds, 6, f"online DPO: {online.rounds} rounds of sampling"),
@@ -792,7 +800,7 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
                 f"online DPO: {online_steps} steps per round"),
             ev48(n_test, online.rounds, 6, "online DPO's evaluations"),
             Use(grpo_demo, 1, 6, "GRPO advantages demo")]},
-    }, {"dpo_unique_per_batch": {"04": round(u04, 2), "05_noisy": round(u05n, 2), "05": round(u05, 2),
+    }, {"dpo_unique_per_batch": {"05": round(u04, 2), "05_noisy": round(u05n, 2), "06": round(u05, 2),
                                  "04_heldout_batches": held, "04_debug": u_try}}
 
 
@@ -825,14 +833,21 @@ def gold_rate(gold) -> float:
 def report(w: World, calls: dict[str, Call], books: dict, extra: dict, grpo: dict, machine: str, calib: dict,
            rate: float, wall: float) -> tuple[str, dict]:
     P = w.param_bytes
-    lines = [f"# gpt2 track at its real shapes (benchmarks/gpu_shapes.py)", "",
+    cpu = sum(r.get("cpu_s", 0) for c in calls.values() for r in c.results)
+    lines = ["# gpt2 track at its real shapes (benchmarks/gpu_shapes.py)", "",
              f"Machine: {machine}; calibration: {json.dumps(calib)}; torch {torch.__version__}; "
-             f"this run {wall:.0f} s wall.",
+             f"this run {wall:.0f} s wall, its measured calls {cpu:.0f} s of CPU time (2 threads).",
              f"Model: GPT-2-124M-shaped ({w.params / 1e6:.1f}M parameters, {P / GiB:.3f} GiB in float32), "
              f"prompts of up to {w.prompt_width} tokens, every completion full length.", ""]
-    rows, out_books = [], {}
+    rows, out_books, breakdown = [], {}, []
+    t4 = GPUS["T4"]
     for name, nb in books.items():
         uses, step = nb["uses"], nb["step"]
+        total = sum(u.flops() for u in uses) or 1.0
+        top = sorted(uses, key=lambda u: -u.flops())[:4]
+        breakdown.append(f"- {name}: " + "; ".join(
+            f"{u.note} {u.flops() / 1e15:.2f} PFLOP ({u.flops() / total:.0%}, "
+            f"{fmt_time(estimate_seconds([u], t4, 'fp32', rate))})" for u in top if u.flops() > 0))
         peak_use = max(uses, key=lambda u: u.peak_bytes(P))
         est = {f"{g}_{prec}": estimate_seconds(uses, GPUS[g], prec, rate) for g in GPUS for prec in ("fp32", "half")}
         flops = sum(u.flops() for u in uses)
@@ -848,7 +863,7 @@ def report(w: World, calls: dict[str, Call], books: dict, extra: dict, grpo: dic
                     f"{flops / 1e15:.2f} | {fmt_time(est['T4_fp32'])} | {fmt_time(est['H100_fp32'])} | "
                     f"{fmt_time(est['T4_half'])} / {fmt_time(est['H100_half'])} |")
     g = grpo
-    rows.append(f"| 06_rlvr | one GRPO step ({g['config']['prompts_per_step']} problems x {g['config']['group_size']} "
+    rows.append(f"| 07_rlvr | one GRPO step ({g['config']['prompts_per_step']} problems x {g['config']['group_size']} "
                 f"samples, {g['params'] / 1e6:.2f}M-parameter arithmetic model) | {g['peak_bytes'] / GiB:.3f} | "
                 f"{g['step_flops'] / 1e12:.5f} | same | {g['run_flops_grpo_only'] / 1e15:.5f} | "
                 f"CPU on every track (select_track('tiny')): {g['step_wall_s']:.2f} s per step here | | |")
@@ -866,8 +881,11 @@ def report(w: World, calls: dict[str, Call], books: dict, extra: dict, grpo: dic
               "| notebook | one step | step peak GiB (est.) | step TFLOP | notebook peak GiB (est., where) | run PFLOP | "
               "T4 fp32 (est.) | H100 fp32 (est.) | T4 fp16 / H100 bf16 (est.) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- |", *rows, "",
+              "Where the FLOPs go (the largest parts of each notebook's run, estimated T4 fp32 time of each):", "",
+              *breakdown, "",
               "Calls measured (the library's functions at the real lengths, on few sequences; scaled to one "
-              "full-size step):", "",
+              "full-size step; wall time includes waiting for other jobs on this machine, CPU time is this "
+              "process's):", "",
               "| call | full-size step | sizes run | wall / CPU s here | FLOPs/token ratio (1 = linear) | step TFLOP | "
               "peak above inputs GiB (part) |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for c in calls.values():

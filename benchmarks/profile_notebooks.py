@@ -1,6 +1,6 @@
 """Where each notebook's time goes: run solution notebooks from a fresh kernel and time every cell.
 
-    python benchmarks/profile_notebooks.py [--only 03_rlhf_ppo ...] [--top 8] [--out benchmarks/results/profile.json]
+    python benchmarks/profile_notebooks.py [--only 04_rlhf_ppo ...] [--top 8] [--out benchmarks/results/profile.json]
         [--grading] [--track tiny|gpt2] [--budget SECONDS]
 
 Each notebook runs in its own kernel (nbclient), like `make test`'s notebook runs. The report names the

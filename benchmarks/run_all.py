@@ -1,6 +1,6 @@
 """Measure the course on this machine: notebook run times and peak memory, grading-mode times, teaching figures.
 
-    python benchmarks/run_all.py [--only 04_dpo] [--skip-grading]     (or: make benchmarks)
+    python benchmarks/run_all.py [--only 05_dpo] [--skip-grading]     (or: make benchmarks)
 
 Each notebook runs in its own process from a fresh kernel (benchmarks/run_notebook.py).
 Results go to benchmarks/results/<machine>.json and a Markdown table on stdout,

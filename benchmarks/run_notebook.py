@@ -1,6 +1,6 @@
 """Execute one notebook from a fresh kernel; print a JSON line with its wall time, peak memory and recorded figures.
 
-    python benchmarks/run_notebook.py solutions/04_dpo/04_dpo.ipynb [--grading] [--track tiny|gpt2]
+    python benchmarks/run_notebook.py solutions/05_dpo/05_dpo.ipynb [--grading] [--track tiny|gpt2]
                                       [--deadline SECONDS] [--gpu-memory]
 
 Peak memory is the kernel process's maximum resident set size (the kernel is

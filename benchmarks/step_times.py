@@ -2,11 +2,11 @@
 
     .venv/bin/python benchmarks/step_times.py [--repeats 5] [--threads 1]
 
-DPO step: 32 scattered pairs a step (the size notebook 05 uses), then notebook 04's
+DPO step: 32 scattered pairs a step (the size notebook 06 uses), then notebook 05's
 ``DPOConfig.for_track(tiny)`` (96 pairs grouped by prompt: 64 distinct completions); reference
 log-probs read from the pairs, as ``train_dpo(policy, None, ...)``: collate, one forward
 of the distinct chosen and rejected completions, loss, backward, clip, AdamW step.
-PPO iteration: notebook 03's run, ``PPOConfig.for_track(tiny)`` (64 rollouts of
+PPO iteration: notebook 04's run, ``PPOConfig.for_track(tiny)`` (64 rollouts of
 at most 24 tokens, a reward model score, GAE, the configured epochs of minibatches of
 32), without the periodic evaluation. Prints the median over ``--repeats``
 runs of each, after one warm-up. On a shared machine the figures include
@@ -56,7 +56,7 @@ def time_dpo_step(track, pairs, repeats: int, **overrides) -> tuple[list[float],
 def time_ppo_iteration(track, prompts, repeats: int) -> tuple[list[float], list[float]]:
     """(wall, CPU) seconds of one PPO iteration (rollouts, reward model score, GAE, minibatch epochs) after a warm-up.
 
-    Notebook 03's layout: the value model is a trainable copy of the reward model."""
+    Notebook 04's layout: the value model is a trainable copy of the reward model."""
     tokenizer = load_tokenizer(track)
     ref_model = frozen_copy(load_policy(track))
     reward = ModelReward(RewardModel.from_policy(track).eval())     # untrained head: same cost as a trained one

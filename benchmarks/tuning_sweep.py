@@ -2,12 +2,12 @@
 
     python benchmarks/tuning_sweep.py ppo '[{"kl_coef": 0.07}, {"kl_coef": 0.05, "ppo_epochs": 4}]'
     python benchmarks/tuning_sweep.py ppo-gold '[{"kl_coef": 0.02}]'        # PPO on the gold reward itself
-    python benchmarks/tuning_sweep.py dpo '[{"eval_every": 25}]' --eval-prompts 256   # notebook 04's run
+    python benchmarks/tuning_sweep.py dpo '[{"eval_every": 25}]' --eval-prompts 256   # notebook 05's run
     python benchmarks/tuning_sweep.py dpo '[{"beta": 0.1, "lr": 3e-4, "decay": false, "batch_size": 32,
         "group_by_prompt": false, "steps": 200}]' [--threads 1] [--rm-steps 200]   # the paper-style recipe
 
 Each JSON object overrides ``PPOConfig.for_track(tiny)`` or ``DPOConfig.for_track(tiny)``; every run starts
-from the base policy. ``ppo`` trains notebook 03's reward model first (``--rm-steps``, its recipe),
+from the base policy. ``ppo`` trains notebook 04's reward model first (``--rm-steps``, its recipe),
 normalizes it on reference samples and starts the value model from it, as the notebook does (``--value head``:
 a value head on the policy instead, the layout before 2026-11-27; ``ppo-gold`` always uses a head). One line per run: wall seconds, then gold reward
 and sequence KL at each evaluation (128 held-out prompts: about ±0.03 on the gold). docs/tuning.md lists
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("variants", help="a JSON list of config overrides, one run each")
     parser.add_argument("--rm-steps", type=int, default=200, help="reward-model steps for `ppo` (notebook 03: 200)")
     parser.add_argument("--value", choices=["reward-model", "head"], default="reward-model",
-                        help="`ppo`: a value model copied from the reward model (notebook 03) or a head on the policy")
+                        help="`ppo`: a value model copied from the reward model (notebook 04) or a head on the policy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--eval-prompts", type=int, default=128)
     args = parser.parse_args()

@@ -1,4 +1,4 @@
-"""Build notebook 06's world: a tiny char-level GPT-2 that adds two-digit numbers imperfectly.
+"""Build notebook 07's world: a tiny char-level GPT-2 that adds two-digit numbers imperfectly.
 
 Fixed seeds. Trains on the training split (answers only in the loss) where 55% of
 the answers carry a systematic slip (the sum plus 10), so the base model knows the

@@ -1,8 +1,8 @@
-"""Train notebook 03's reward models once and store them under data/reward-models/ (a step of `make data`).
+"""Train notebook 04's reward models once and store them under data/reward-models/ (a step of `make data`).
 
     .venv/bin/python scripts/build_reward_models.py
 
-Notebook 03 optimizes a reward model with PPO ("ppo") and shows reward hacking against a weak one
+Notebook 04 optimizes a reward model with PPO ("ppo") and shows reward hacking against a weak one
 ("weak"). Both are trained exactly as the notebook would train them on the tiny track at the CPU
 scale (``alignlab.reward_model.ppo_reward_model_config``: the reference loss, seed 0, the training
 pairs), then stored as float16 safetensors with their config, training curves and a fingerprint of

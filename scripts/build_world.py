@@ -1,4 +1,4 @@
-"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, notebook 03's
+"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, notebook 04's
 reward models, dataset card.
 
     .venv/bin/python scripts/build_world.py                  # everything (`make data`)
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "card", "arithmetic")   # arithmetic: notebook 06's world
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "card", "arithmetic")   # arithmetic: notebook 07's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -74,7 +74,7 @@ def write_card(path: Path = CARD) -> str:
 Everything the default (offline, CPU) track needs, built by `scripts/` with
 fixed seeds and committed here. Rebuild it all with `make data`
 (`scripts/build_world.py`: tokenizer, gold classifier, policy, prompts and
-pairs, notebook 03's reward models, this card). Every figure below was measured by the build and is
+pairs, notebook 04's reward models, this card). Every figure below was measured by the build and is
 rewritten by it.
 
 ## Files
@@ -86,7 +86,7 @@ rewritten by it.
 | `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
-| `reward-models/` | notebook 03's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
+| `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
 

@@ -25,7 +25,7 @@ LAZY_OK = {"matplotlib", "matplotlib.pyplot", "ipywidgets", "IPython.display"}  
 LAZY_ALLOWED = {
     ("checks/debugging", "_model", "transformers"):
         "`import alignlab.checks` (every notebook, and the grading kernel's guard before any student code) stays "
-        "free of transformers; only notebook 04's debugging exercise builds a GPT-2",
+        "free of transformers; only notebook 05's debugging exercise builds a GPT-2",
     ("checks/debugging", "_expected_step", "..dpo"):
         "the same: alignlab.dpo imports transformers and the DPO loop, needed by the debugging exercise alone",
     ("grading/guard", "install", "alignlab.checks"):

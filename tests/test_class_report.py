@@ -1,7 +1,7 @@
 """The class report for a class of 30: written within 30 s, self-contained, and readable in a real browser.
 
 The class is made up (gradebook rows, the judge's records and submitted notebooks written directly), so no
-notebook runs: every student answers notebook 03's exercises with a valid entry of the catalogue or a catalogued
+notebook runs: every student answers notebook 04's exercises with a valid entry of the catalogue or a catalogued
 mistake, one copies a classmate's answer under new names, one timed out. The report of a graded batch (the real
 judge's records) is checked in test_grading_adversarial.py.
 """
@@ -26,7 +26,7 @@ from catalogue.wrong import WRONG
 from similarity import HONEST
 
 ROOT = Path(__file__).resolve().parent.parent
-ASSIGNMENT = "03_rlhf_ppo"
+ASSIGNMENT = "04_rlhf_ppo"
 STUDENTS = 30
 ARTIFACTS = ROOT / "build" / "test-artifacts"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

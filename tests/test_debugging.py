@@ -1,4 +1,4 @@
-"""Notebook 04's debugging exercise: the checks reject the planted bugs and accept every honest fix."""
+"""Notebook 05's debugging exercise: the checks reject the planted bugs and accept every honest fix."""
 from __future__ import annotations
 
 import copy

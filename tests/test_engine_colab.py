@@ -82,7 +82,7 @@ EXTRA_CELLS = [
     f'assert alignlab.__file__.startswith("{COURSE_DIR}/"), alignlab.__file__\n'
     'import ipywidgets\n'
     'print(alignlab.__file__, ipywidgets.__version__)',
-    # The course's two explorers (notebooks 01 and 04) under Colab's ipywidgets 7.7.1.
+    # The course's two explorers (notebooks 01 and 05) under Colab's ipywidgets 7.7.1.
     'from alignlab import preference, reference\n'
     'preference.bradley_terry_explorer(reference.bradley_terry_probability);',
     'from alignlab.dpo_plots import beta_explorer\n'

@@ -121,7 +121,7 @@ def test_a_bad_size_or_track_is_refused(track):
 
 def test_solution_notebooks_sample_with_a_generator_on_the_tracks_device():
     """torch.multinomial refuses a CPU generator for CUDA probabilities: every sampling call in a notebook
-    that runs on the track's device must build its generator there (notebook 06's arithmetic model stays
+    that runs on the track's device must build its generator there (notebook 07's arithmetic model stays
     on the CPU)."""
     import json
     from pathlib import Path
@@ -189,6 +189,6 @@ def test_gpu_shapes_scales_a_call_by_tokens_and_extrapolates_its_memory_linearly
 def test_gpu_shapes_counts_distinct_sequences_of_dpo_batches():
     gs = _gpu_shapes()
     assert gs.unique_sequences(range(6)) == 4                            # one prompt: 6 pairs of 4 completions
-    assert gs.unique_sequences(range(64)) == 10 * 4 + 4                  # notebook 04's first batch
+    assert gs.unique_sequences(range(64)) == 10 * 4 + 4                  # notebook 05's first batch
     assert 44 <= gs.mean_unique_per_batch(12_000, 64, 600, grouped=True) <= 46
     assert 120 <= gs.mean_unique_per_batch(18_000, 64, 50, grouped=False) <= 128

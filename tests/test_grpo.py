@@ -1,4 +1,4 @@
-"""The arithmetic world (notebook 06) and the GRPO loop."""
+"""The arithmetic world (notebook 07) and the GRPO loop."""
 from __future__ import annotations
 
 import math

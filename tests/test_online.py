@@ -1,4 +1,4 @@
-"""Notebook 05's library: noisy labels, loss shapes, lengths, and online DPO (alignlab.variants, alignlab.online)."""
+"""Notebook 06's library: noisy labels, loss shapes, lengths, and online DPO (alignlab.variants, alignlab.online)."""
 from __future__ import annotations
 
 import functools
@@ -212,7 +212,7 @@ def test_gold_labeller_scores_texts():
 # ------------------------------------------------------------------ the notebook's nbgrader cells
 def _notebook_cells():
     import json
-    path = paths.REPO_ROOT / "solutions" / "05_beyond_dpo" / "05_beyond_dpo.ipynb"
+    path = paths.REPO_ROOT / "solutions" / "06_beyond_dpo" / "06_beyond_dpo.ipynb"
     return json.loads(path.read_text())["cells"]
 
 

@@ -1,4 +1,4 @@
-"""The PPO loop of notebook 03 (alignlab.ppo): a few fast iterations on a randomly initialized tiny GPT-2."""
+"""The PPO loop of notebook 04 (alignlab.ppo): a few fast iterations on a randomly initialized tiny GPT-2."""
 from __future__ import annotations
 
 from dataclasses import replace
@@ -146,7 +146,7 @@ def test_config_for_track_is_smallest_when_grading():
 
 
 def test_run_ppo_trains_a_fresh_policy_and_returns_gold_and_kl_per_evaluation(model_dir):
-    """Notebook 04's entry point: run_ppo(source, reward, config) -> history.evals with gold and kl."""
+    """Notebook 05's entry point: run_ppo(source, reward, config) -> history.evals with gold and kl."""
     from alignlab.ppo import run_ppo
 
     config = replace(SMALL, iterations=2, eval_every=1, eval_prompts=4, kl_coef=0.2)
@@ -158,7 +158,7 @@ def test_run_ppo_trains_a_fresh_policy_and_returns_gold_and_kl_per_evaluation(mo
 
 
 def test_run_ppo_starts_the_value_model_from_a_reward_model_and_the_gold_gets_a_head(model_dir, monkeypatch):
-    """Notebook 03's layout in run_ppo: a reward model is copied into the value model; a text reward gets a value head."""
+    """Notebook 04's layout in run_ppo: a reward model is copied into the value model; a text reward gets a value head."""
     from alignlab import ppo
     from alignlab.models import RewardModel
 

@@ -13,9 +13,9 @@ HINT = "Write the preference probability with both implicit rewards."
 @pytest.fixture
 def registry(tmp_path, monkeypatch):
     monkeypatch.setattr(paths, "AUTOGRADER_DIR", tmp_path)
-    questions.main(["add", "--notebook", "04_dpo", "--id", "seed_implication", "--answer", "B",
+    questions.main(["add", "--notebook", "05_dpo", "--id", "seed_implication", "--answer", "B",
                     "--hint", HINT, "--explanation", EXPLANATION])
-    return tmp_path / "questions" / "04_dpo.json"
+    return tmp_path / "questions" / "05_dpo.json"
 
 
 @pytest.mark.parametrize("a,b", [("b", "B"), (" B ", "b"), ("(b)", "B"), ("b.", "B"), ("A, C", "c a"), (["a", "C"], "A,C")])
@@ -60,8 +60,8 @@ def test_the_registry_holds_neither_the_answer_nor_the_explanation(registry):
 
 def test_ids_are_unique_across_notebooks_unless_replaced(registry, capsys):
     with pytest.raises(ValueError, match="already exists"):
-        questions.add_question("05_beyond_dpo", "seed_implication", "A", "h", "e")
-    questions.add_question("04_dpo", "seed_implication", "C", "new hint", "new explanation", replace=True)
+        questions.add_question("06_beyond_dpo", "seed_implication", "A", "h", "e")
+    questions.add_question("05_dpo", "seed_implication", "C", "new hint", "new explanation", replace=True)
     checks.multiple_choice("seed_implication", "c")
     assert "new explanation" in capsys.readouterr().out
 

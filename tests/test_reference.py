@@ -183,7 +183,7 @@ def test_token_entropy_is_log_v_when_uniform_zero_when_certain_and_finite_for_hu
     assert torch.allclose(R.token_entropy(logits, torch.ones(2, 4)), -(p * p.log()).sum(-1))
     assert R.token_entropy(logits.bfloat16(), torch.ones(2, 4)).dtype == torch.float32
 
-# ------------------------------------------------------------ 03
+# ------------------------------------------------------------ 04
 def test_kl_penalized_rewards_put_the_score_on_the_last_masked_token():
     mask = right_and_left_mask()
     lp = torch.randn(mask.shape, generator=gen(), dtype=torch.float64)
@@ -300,7 +300,7 @@ def test_ppo_value_loss_takes_the_larger_error_and_halves_it():
     assert torch.isclose(R.ppo_value_loss(values, old, torch.zeros(1, 1), torch.ones(1, 1), 0.2), torch.tensor(0.32))
 
 
-# ------------------------------------------------------------ 04
+# ------------------------------------------------------------ 05
 def test_dpo_logits_is_the_difference_of_log_ratios():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-10.0, -12.0, -11.0, -11.5))
     assert R.dpo_logits(pc, pr, rc, rr).item() == pytest.approx(1.5)
@@ -348,7 +348,7 @@ def test_dpo_rejects_mismatched_shapes():
         R.dpo_logits(torch.zeros(3), torch.zeros(3), torch.zeros(3, 1), torch.zeros(3))
 
 
-# ------------------------------------------------------------ 05
+# ------------------------------------------------------------ 06
 def test_cdpo_with_no_smoothing_equals_dpo_and_half_is_symmetric():
     pc, pr, rc, rr = pairs()
     assert torch.allclose(R.cdpo_loss(pc, pr, rc, rr, 0.2, 0.0), R.dpo_loss(pc, pr, rc, rr, 0.2)[0])

@@ -215,9 +215,9 @@ def test_n_for_kl_finds_the_smallest_n_like_counting_up():
     assert n_for_kl(best_of_n_kl, 54.0) is None                      # beyond n = 10 million
 
 
-# ------------------------------------------------------------------ notebook 03's stored reward models
+# ------------------------------------------------------------------ notebook 04's stored reward models
 def test_the_stored_reward_models_are_today_s_and_load_only_for_their_own_config():
-    """`make data` stored notebook 03's two reward models; they load for the tiny track's CPU config, else None."""
+    """`make data` stored notebook 04's two reward models; they load for the tiny track's CPU config, else None."""
     tiny = Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", False, "test")
     for name in reward_model.PPO_REWARD_MODELS:
         config = reward_model.ppo_reward_model_config(name, tiny)

@@ -72,13 +72,13 @@ def test_a_classmate_s_answer_with_new_names_and_layout_is_flagged_with_its_pair
 
 
 def test_the_course_s_solution_renamed_is_flagged_against_the_course():
-    solution = dict(similarity.course_answers("03_rlhf_ppo")["gae_advantages"])[similarity.SOLUTION]
+    solution = dict(similarity.course_answers("04_rlhf_ppo")["gae_advantages"])[similarity.SOLUTION]
     renamed = solution
     for old, new in (("rewards", "r"), ("values", "v"), ("mask", "msk"), ("advantages", "adv_out"), ("delta", "d")):
         renamed = re.sub(rf"\b{old}\b", new, renamed)
     renamed = renamed.replace("    ", "  ")
-    pairs = similarity.similar_pairs({"dan": {"gae_advantages": renamed}}, similarity.course_answers("03_rlhf_ppo"),
-                                     similarity.stubs("03_rlhf_ppo"))
+    pairs = similarity.similar_pairs({"dan": {"gae_advantages": renamed}}, similarity.course_answers("04_rlhf_ppo"),
+                                     similarity.stubs("04_rlhf_ppo"))
     assert [(p.a, p.b) for p in pairs] == [("dan", similarity.SOLUTION)] or \
         [(p.a, p.b) for p in pairs] == [("dan", similarity.REFERENCE)], pairs
 

@@ -1,4 +1,4 @@
-"""Notebook 04's debugging exercise: a DPO training step whose reference model is not a reference.
+"""Notebook 05's debugging exercise: a DPO training step whose reference model is not a reference.
 
 The planted bugs: the "reference" is the policy itself (shared weights), and its
 log-probs are computed with gradient. With both, DPO's log-ratios are 0 by

@@ -10,9 +10,9 @@ Answers are normalized: " b ", "B", "(b)" and "b." are the same answer; for
 several letters, "A, C", "c a" and ["a", "c"] are the same answer.
 
 Notebook authors add questions with the CLI:
-    python -m alignlab.checks.questions add --notebook 04_dpo --id seed_implication \
+    python -m alignlab.checks.questions add --notebook 05_dpo --id seed_implication \
         --answer B --hint "..." --explanation "..."
-    python -m alignlab.checks.questions list [--notebook 04_dpo]
+    python -m alignlab.checks.questions list [--notebook 05_dpo]
     python -m alignlab.checks.questions check --id seed_implication --answer B
 """
 from __future__ import annotations
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m alignlab.checks.questions", description="Manage the multiple-choice registry.")
     sub = parser.add_subparsers(dest="command", required=True)
     add = sub.add_parser("add", help="add a question")
-    add.add_argument("--notebook", required=True, help="e.g. 04_dpo (the registry file's name)")
+    add.add_argument("--notebook", required=True, help="e.g. 05_dpo (the registry file's name)")
     add.add_argument("--id", required=True, dest="question_id", help="unique question id, used in checks.multiple_choice")
     add.add_argument("--answer", required=True, help="the correct answer, e.g. B or 'A, C'")
     add.add_argument("--hint", required=True, help="shown after a wrong answer; must not give the answer away")

@@ -25,7 +25,7 @@ the session knows; the kernel is another process) told the judge: a check that a
 function (notebook 00 shows a failing check on purpose) does not touch the test cell's verdict.
 
 A run whose replies never come (the kernel was interrupted, timed out or died) stays failed. "report" is the
-kernel's own verdict of the two checks whose cases are models, not tensors (notebook 04's debugging exercise):
+kernel's own verdict of the two checks whose cases are models, not tensors (notebook 05's debugging exercise):
 recorded as self-reported.
 """
 from __future__ import annotations

@@ -393,7 +393,7 @@ def cdpo_loss__softplus(policy_chosen_logps, policy_rejected_logps, ref_chosen_l
     return ((1 - label_smoothing) * F.softplus(-x) + label_smoothing * F.softplus(x)).mean()
 
 
-@valid("cdpo_loss", "reference dpo_logits from notebook 04")
+@valid("cdpo_loss", "reference dpo_logits from notebook 05")
 def cdpo_loss__library_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, label_smoothing):
     from alignlab import reference
     h = reference.dpo_logits(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
@@ -445,7 +445,7 @@ def group_relative_advantages__explicit(rewards, eps=1e-6):
     return centred / (std + eps)
 
 
-# ============================================================ kl_estimators (notebook 06)
+# ============================================================ kl_estimators (notebook 07)
 @valid("kl_estimators", "boolean where, expm1")
 def kl_estimators__where(logprobs, ref_logprobs, mask):
     keep = mask.bool()
@@ -460,7 +460,7 @@ def kl_estimators__ratio(logprobs, ref_logprobs, mask):
     return (logprobs - ref_logprobs) * m, 0.5 * torch.log(ratio) ** 2, (ratio - 1 - torch.log(ratio)) * m
 
 
-# ============================================================ grpo_policy_loss (notebook 06)
+# ============================================================ grpo_policy_loss (notebook 07)
 @valid("grpo_policy_loss", "min of the positive surrogates, lengths clamped")
 def grpo_policy_loss__min_form(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
     m = mask.to(logprobs.dtype)

@@ -1220,7 +1220,7 @@ def masked_whiten__detached_stats(x, mask, shift_mean=True):
     return (out if shift_mean else out + mean) * mask
 
 
-# ============================================================ kl_estimators (notebook 06)
+# ============================================================ kl_estimators (notebook 07)
 @wrong("kl_estimators", "k2 without the 1/2")
 def kl_estimators__k2_no_half(logprobs, ref_logprobs, mask):
     m = mask.to(logprobs.dtype)
@@ -1248,7 +1248,7 @@ def kl_estimators__k1_sign(logprobs, ref_logprobs, mask):
     return log_r, 0.5 * log_r ** 2, (torch.exp(log_r) - 1 - log_r) * m
 
 
-# ============================================================ grpo_policy_loss (notebook 06)
+# ============================================================ grpo_policy_loss (notebook 07)
 @wrong("grpo_policy_loss", "always token_mean (DAPO)")
 def grpo_policy_loss__always_token_mean(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
     if aggregation not in ("sequence_mean", "token_mean", "constant"):
