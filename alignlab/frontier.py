@@ -8,20 +8,37 @@ A point is a dict ``{"method", "setting", "step", "kl", "gold"}``.
 >>> points = dpo_points(make_policy, reference, pairs, dpo_loss, betas=[0.1, 0.5], config=config, eval_fn=eval_fn)
 >>> points += best_of_n_points(policy, tokenizer, prompts, gold, ns=[1, 2, 4, 8, 16])
 >>> plot_frontier(points)
+
+The two baselines that run none of the learner's code (PPO against the gold, best-of-n judged by the
+gold) are the same in every run of notebook 05 on the tiny track: ``make data`` computes them once
+(``scripts/build_frontier.py``) and ``stored_or_run`` loads them while their settings and the world they
+came from are unchanged, else runs them where the notebook runs.
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+import hashlib
+import json
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
+from . import paths
 from . import reference as ref_math
 from .best_of_n import best_of_n_curve
 from .dpo import DPOConfig, train_dpo
+from .evaluation import evaluate_policy
+from .ppo import PPOConfig, run_ppo
 from .rewards import gold_scores
 from .rollout import sample_groups
+
+BASELINES_FILE = paths.DATA_DIR / "frontier" / "baselines.json"   # written by scripts/build_frontier.py
+# The code a stored point depends on: editing any of these files makes the notebook run the baselines again.
+BASELINE_SOURCES = ("rollout.py", "evaluation.py", "ppo.py", "best_of_n.py", "frontier.py", "rewards.py",
+                    "models.py", "reference.py", "data.py", "pairs.py")
 
 METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), "base policy": ("k", "*")}
 
@@ -95,6 +112,119 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
     curve = best_of_n_curve(pool, pool, list(ns), select_by="gold")
     return [{"method": "best-of-n", "setting": f"n={n}", "step": 0, "kl": ref_math.best_of_n_kl(n), "gold": float(g)}
             for n, g in zip(ns, curve["gold"].tolist())]
+
+
+def sweep_for_track(track) -> dict:
+    """Notebook 05's frontier sweep for ``track``: extra DPO betas, PPO's KL coefficients and iterations,
+    best-of-n's n and prompts, and how many held-out prompts evaluate every point."""
+    return dict(
+        dpo_betas=track.pick(cpu=[], gpu=[0.05, 0.25, 0.5], grading=[]),      # besides the main run's beta
+        ppo_kl_coefs=track.pick(cpu=[0.02], gpu=[0.01, 0.02, 0.05, 0.1], grading=[]),   # the gold is in [0, 1]
+        ppo_iterations=track.pick(cpu=30, gpu=150, grading=2),
+        best_of_n=track.pick(cpu=[1, 2, 4, 8, 16, 32], gpu=[1, 2, 4, 8, 16, 32, 64, 128], grading=[]),
+        best_of_n_prompts=track.pick(cpu=64, gpu=256, grading=16),    # n samples each: the cost grows with n
+        eval_prompts=track.pick(cpu=128, gpu=256, grading=16),
+    )
+
+
+def baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict, recompute: bool = False,
+              progress: Callable | None = print, path: Path | None = None) -> list[dict]:
+    """The frontier's two baselines for ``sweep`` (``sweep_for_track``): PPO against the gold, evaluated on
+    ``prompts[:sweep["eval_prompts"]]``, and best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``;
+    each stored by ``make data`` or run now (``stored_or_run``)."""
+    eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
+    ppo = baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
+                            iterations=sweep["ppo_iterations"])
+    bon = baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"])
+    return (stored_or_run(ppo, lambda: ppo_gold_points(track, sweep["ppo_kl_coefs"], sweep["ppo_iterations"], reference,
+                                                       tokenizer, gold, eval_prompts, progress=progress),
+                          recompute=recompute, path=path)
+            + stored_or_run(bon, lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"]),
+                            recompute=recompute, path=path))
+
+
+def save_baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict,
+                   path: Path | None = None) -> dict:
+    """Run both baselines for ``sweep`` and store their points with their settings (``scripts/build_frontier.py``)."""
+    path = Path(path or BASELINES_FILE)
+    eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
+    runs = {
+        "PPO": (baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
+                                  iterations=sweep["ppo_iterations"]),
+                lambda: ppo_gold_points(track, sweep["ppo_kl_coefs"], sweep["ppo_iterations"], reference, tokenizer,
+                                        gold, eval_prompts, progress=print)),
+        "best-of-n": (baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"]),
+                      lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"])),
+    }
+    stored = {}
+    for method, (settings, run) in runs.items():
+        start = time.perf_counter()
+        points = run()
+        stored[method] = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "points": points}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    path.chmod(0o644)                                        # readable by the grader's sandboxed users
+    return stored
+
+
+def gold_evaluator(reference, tokenizer, gold, prompts) -> Callable[[object], dict]:
+    """evaluate(model) -> {"gold", "kl"}: the model's samples on ``prompts`` (``evaluation.evaluate_policy``)."""
+    def evaluate(model):
+        result = evaluate_policy(model, reference, tokenizer, gold, prompts, n=len(prompts))
+        return {"gold": result["gold"], "kl": result["kl"]}
+    return evaluate
+
+
+def ppo_gold_points(track, kl_coefs: Sequence[float], iterations: int, reference, tokenizer, gold, prompts,
+                    progress: Callable | None = None) -> list[dict]:
+    """PPO against the gold reward (the DPO paper's PPO-GT) from the track's policy, one run per KL coefficient,
+    each evaluated on ``prompts`` along its run (``PPOConfig.for_track(track, kl_coef=..., iterations=...)``)."""
+    def run(kl_coef):
+        config = PPOConfig.for_track(track, kl_coef=kl_coef, iterations=iterations)
+        return run_ppo(track, "gold", config, ref_model=reference, tokenizer=tokenizer,
+                       evaluate=gold_evaluator(reference, tokenizer, gold, prompts))
+    return ppo_points(kl_coefs, run, progress=progress)
+
+
+def baseline_settings(track, method: str, prompts: Sequence[dict], **settings) -> dict:
+    """What a stored baseline's points depend on: the method's settings, the prompts, the world's files, the code.
+
+    JSON-comparable; ``stored_or_run`` loads points only when every entry equals the stored one.
+    """
+    digest = hashlib.sha256()
+    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir()),
+                 *(Path(__file__).parent / name for name in BASELINE_SOURCES)):
+        digest.update(Path(path).read_bytes())
+    ids = hashlib.sha256(json.dumps([list(p["prompt_ids"]) for p in prompts]).encode()).hexdigest()[:16]
+    out = {"method": method, "track": track.name, "grading": bool(track.grading), "device": str(track.device), "prompts": ids,
+           "world_and_code": digest.hexdigest()[:16], "torch": torch.__version__.split("+")[0]}
+    if method == "PPO":
+        out["ppo_config"] = asdict(PPOConfig.for_track(track, iterations=settings["iterations"]))
+    return {**out, **settings}
+
+
+def load_baselines(path: Path | None = None) -> dict:
+    """The stored baselines file as a dict (empty when ``make data`` has not written it)."""
+    path = Path(path or BASELINES_FILE)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def stored_or_run(settings: dict, run: Callable[[], list[dict]], recompute: bool = False,
+                  path: Path | None = None) -> list[dict]:
+    """A baseline's points: the ones ``make data`` stored for exactly ``settings``, else ``run()`` now.
+
+    Prints which of the two happened (and how long the stored run took when it was built).
+    """
+    stored = load_baselines(path).get(settings["method"])
+    if not recompute and stored is not None and stored["settings"] == settings:
+        print(f"{settings['method']}: {len(stored['points'])} points loaded from data/frontier/"
+              f"{Path(path or BASELINES_FILE).name} (`make data` ran it in {stored['seconds']:.0f} s; "
+              "recompute=True runs it here)")
+        return [dict(p) for p in stored["points"]]
+    start = time.perf_counter()
+    points = run()
+    print(f"{settings['method']}: ran here in {time.perf_counter() - start:.0f} s")
+    return points
 
 
 def best_points(points: Sequence[dict], max_kl: float) -> dict:

@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "card", "arithmetic")   # arithmetic: notebook 07's world
+STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "frontier", "card", "arithmetic")   # arithmetic: notebook 07's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -87,6 +87,7 @@ rewritten by it.
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
 | `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
+| `frontier/baselines.json` | notebook 05's two frontier baselines that run none of the learner's code, PPO against the gold (30 iterations) and best-of-n by the gold (n up to 32, 64 prompts), computed once by `scripts/build_frontier.py` exactly as the notebook would, with their settings and a fingerprint of the world's files and the code; the notebook loads them only while all of that matches |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
 
@@ -205,6 +206,8 @@ def main(argv=None):
             print(build(args.train_prompts, args.test_prompts))
         elif step == "reward_models":
             subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_reward_models.py")], check=True)
+        elif step == "frontier":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_frontier.py")], check=True)
         elif step == "card":
             write_card()
         elif step == "arithmetic":

@@ -123,3 +123,57 @@ def test_frontier_plot_and_table_show_every_method():
     assert {"DPO", "PPO", "best-of-n", "base policy"} <= set(labels)
     table = frontier.frontier_table(points)
     assert table.count("\n") == 4 and "kl_coef=0.05" in table and "0.800" in table
+
+
+# ------------------------------------------------------------------ the baselines `make data` stores
+def _tiny_track(grading=False):
+    from alignlab import paths
+    from alignlab.config import Track
+    return Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", grading, "test")
+
+
+def test_stored_baselines_load_only_for_their_own_settings(tmp_path, capsys):
+    track = _tiny_track()
+    prompts = [{"prompt_ids": [1, 2, 3]}, {"prompt_ids": [4, 5]}]
+    settings = frontier.baseline_settings(track, "best-of-n", prompts, ns=[1, 2])
+    point = {"method": "best-of-n", "setting": "n=2", "step": 0, "kl": 0.19, "gold": 0.6}
+    path = tmp_path / "baselines.json"
+    path.write_text(__import__("json").dumps({"best-of-n": {"settings": settings, "seconds": 3.0, "points": [point]}}))
+    runs = []
+
+    def run():
+        runs.append(1)
+        return [dict(point, gold=0.7)]
+
+    assert frontier.stored_or_run(settings, run, path=path) == [point] and not runs
+    assert "loaded" in capsys.readouterr().out
+    assert frontier.stored_or_run(settings, run, recompute=True, path=path)[0]["gold"] == 0.7 and len(runs) == 1
+    other = frontier.baseline_settings(track, "best-of-n", prompts, ns=[1, 2, 4])          # another sweep
+    assert frontier.stored_or_run(other, run, path=path)[0]["gold"] == 0.7 and len(runs) == 2
+    other = frontier.baseline_settings(track, "best-of-n", prompts[:1], ns=[1, 2])          # other prompts
+    assert frontier.stored_or_run(other, run, path=path)[0]["gold"] == 0.7 and len(runs) == 3
+    assert frontier.stored_or_run(settings, run, path=tmp_path / "none.json")[0]["gold"] == 0.7   # no file: run
+
+
+def test_the_stored_baselines_are_today_s():
+    """`make data` stored notebook 05's baselines for today's world, code and CPU sweep: the notebook loads them.
+
+    Fails after a change to the world's files or to the code they came from (frontier.BASELINE_SOURCES):
+    run `python scripts/build_frontier.py` (about two minutes) and commit data/frontier/baselines.json."""
+    from alignlab.pairs import load_prompts
+    track = _tiny_track()
+    sweep = frontier.sweep_for_track(track)
+    prompts = load_prompts("test", track)
+    stored = frontier.load_baselines()
+    expected = {
+        "PPO": frontier.baseline_settings(track, "PPO", prompts[: sweep["eval_prompts"]],
+                                          kl_coefs=sweep["ppo_kl_coefs"], iterations=sweep["ppo_iterations"]),
+        "best-of-n": frontier.baseline_settings(track, "best-of-n", prompts[: sweep["best_of_n_prompts"]],
+                                                ns=sweep["best_of_n"]),
+    }
+    for method, settings in expected.items():
+        assert method in stored, f"data/frontier/baselines.json has no {method}: run python scripts/build_frontier.py"
+        assert stored[method]["settings"] == settings, (
+            f"the stored {method} baseline is stale: run python scripts/build_frontier.py")
+        assert stored[method]["points"] and all(0 <= p["gold"] <= 1 and p["kl"] >= 0 for p in stored[method]["points"])
+    assert len(stored["best-of-n"]["points"]) == len(sweep["best_of_n"])
