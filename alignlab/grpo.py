@@ -56,7 +56,10 @@ def completion_token_logps(model, prompts, completions):
     """
     comp = torch.where(completions == ar.PAD, torch.full_like(completions, ar.EOS), completions)
     ids = torch.cat([prompts, comp], dim=1)
-    logits = ar.restrict(model(input_ids=ids).logits[:, prompts.shape[1] - 1:-1, :].float())
+    # Every position is real (padding was read as <eos> above), so the attention mask is all ones: said
+    # explicitly, which also keeps transformers from warning that the ids might be padded.
+    logits = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits                     # (N, P+T, V)
+    logits = ar.restrict(logits[:, prompts.shape[1] - 1:-1, :].float())
     return torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
 
 

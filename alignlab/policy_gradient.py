@@ -59,7 +59,8 @@ def _node_logp(model, problems: Sequence[ar.Problem], keys: Tensor) -> Tensor:
     prompts = torch.tensor([ar.encode_prompt(p) for p in problems])   # (P, 7)
     prefix = torch.stack([keys % 1000 // 100, keys % 100 // 10, keys % 10], 1)   # (R, 3)
     ids = torch.cat([prompts[keys // 1000], prefix], dim=1)           # (R, 10)
-    logits = model(input_ids=ids, use_cache=False).logits[:, ar.PROMPT_LEN - 1:, :].float()  # (R, 4, V)
+    mask = torch.ones_like(ids)        # causal: a pad after the answer is never seen by the positions read here
+    logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, ar.PROMPT_LEN - 1:, :].float()  # (R, 4, V)
     return torch.log_softmax(ar.restrict(logits), dim=-1)
 
 
