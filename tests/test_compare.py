@@ -1,0 +1,47 @@
+"""Comparisons at matched KL (alignlab.compare): interpolation inside a run, means and errors over seeds."""
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from alignlab import compare
+
+
+def run(*points):
+    return [{"kl": k, "gold": g} for k, g in points]
+
+
+def test_a_run_is_read_between_its_own_evaluations_and_never_beyond():
+    r = run((0.0, 0.5), (4.0, 0.7), (2.0, 0.65))                 # out of order on purpose
+    assert compare.gold_at_kl(r, 1.0) == pytest.approx(0.575)
+    assert compare.gold_at_kl(r, 3.0) == pytest.approx(0.675)
+    assert compare.gold_at_kl(r, 4.0) == pytest.approx(0.7)
+    assert math.isnan(compare.gold_at_kl(r, 5.0)) and math.isnan(compare.gold_at_kl([], 1.0))
+
+
+def test_means_and_standard_errors_over_seeds_count_only_runs_that_reached_the_kl():
+    a = [run((0, 0.5), (4, 0.9)), run((0, 0.5), (4, 0.7)), run((0, 0.5), (2, 0.6))]
+    table = compare.compare_at_kl({"A": a}, kls=[2, 4])
+    at2, at4 = table["A"]
+    assert at2["n"] == 3 and at2["gold"] == pytest.approx((0.7 + 0.6 + 0.6) / 3)
+    assert at4["n"] == 2 and at4["gold"] == pytest.approx(0.8)
+    assert at4["se"] == pytest.approx(math.sqrt(((0.1 ** 2) * 2) / 1 / 2))      # sample std / sqrt(n)
+
+
+def test_a_difference_inside_the_noise_is_said_to_be():
+    a = [run((0, 0.5), (4, 0.80)), run((0, 0.5), (4, 0.84)), run((0, 0.5), (4, 0.82))]
+    b = [run((0, 0.5), (4, 0.79)), run((0, 0.5), (4, 0.83)), run((0, 0.5), (4, 0.81))]
+    c = [run((0, 0.5), (4, 0.60)), run((0, 0.5), (4, 0.61)), run((0, 0.5), (4, 0.62))]
+    table = compare.compare_at_kl({"A": a, "B": b, "C": c}, kls=[4])
+    assert compare.difference(table, "A", "B", 4)["inside_noise"]
+    far = compare.difference(table, "A", "C", 4)
+    assert not far["inside_noise"] and far["diff"] == pytest.approx(0.21)
+    single = compare.compare_at_kl({"A": a[:1], "C": c[:1]}, kls=[4])
+    assert compare.difference(single, "A", "C", 4)["inside_noise"]          # one run a side: no claim
+
+
+def test_the_table_prints_every_method_at_every_kl():
+    table = compare.compare_at_kl({"DPO": [run((0, 0.5), (4, 0.8))], "PPO": [run((0, 0.5), (2, 0.6))]}, kls=[2, 4])
+    text = compare.format_comparison(table)
+    assert "DPO" in text and "PPO" in text and "not reached" in text and "0.650" in text
