@@ -1,4 +1,4 @@
-"""Plots for notebook 04: the curves of one DPO run, and the beta explorer (per-pair loss and gradient weight)."""
+"""Plots for notebook 05: the curves of one DPO run, and the beta explorer (per-pair loss and gradient weight)."""
 from __future__ import annotations
 
 import math

@@ -30,4 +30,4 @@ def require(path: Path, what: str) -> Path:
         )
     return Path(path)
 
-ARITHMETIC_DIR = DATA_DIR / "arithmetic"      # notebook 06: tiny char-level GPT-2 for two-digit sums (scripts/build_arithmetic.py)
+ARITHMETIC_DIR = DATA_DIR / "arithmetic"      # notebook 07: tiny char-level GPT-2 for two-digit sums (scripts/build_arithmetic.py)

@@ -1,4 +1,4 @@
-"""Plots for notebook 03: the curves of one PPO run, and proxy vs gold reward across runs (reward hacking)."""
+"""Plots for notebook 04: the curves of one PPO run, and proxy vs gold reward across runs (reward hacking)."""
 from __future__ import annotations
 
 import matplotlib.pyplot as plt

@@ -620,7 +620,7 @@ def build_calls(w: World) -> dict[str, Call]:
     return calls
 
 
-# ---------------------------------------------------------------------------- notebook 06: its own tiny model
+# ---------------------------------------------------------------------------- notebook 07: its own tiny model
 def measure_arithmetic(notebook: str) -> dict:
     """Notebooks 03 (REINFORCE, RLOO) and 07 (GRPO) ask for select_track("tiny") and keep their arithmetic model
     on the CPU on every track: one training step and one held-out evaluation at the notebook's sizes, for real."""
@@ -723,13 +723,13 @@ def notebooks(w: World, c: dict[str, Call]) -> dict[str, dict]:
     def ev24(n, times, res, note):
         return Use(c["evaluate24"], times * n / 128, res, note, calls=times * math.ceil(n / 128))
 
-    # notebook 04: 12,000 pairs grouped by prompt, batches of 64; held-out: the first 1,200 test pairs
+    # notebook 05: 12,000 pairs grouped by prompt, batches of 64; held-out: the first 1,200 test pairs
     u04 = mean_unique_per_batch(12_000, dpo.batch_size, dpo.steps, grouped=True)
     held = [unique_sequences(range(i, min(i + dpo.batch_size, 1200))) for i in range(0, 1200, dpo.batch_size)]
     heldout = c["pair_logps"].variant("heldout", f"held-out pairs: {len(held)} batches, {sum(held)} distinct sequences",
                                       {"main": tok(max(held) * W24, sum(held) * W24)})
     u_try = unique_sequences(range(32))
-    # notebook 05: ungrouped batches of 64 from 4,096 random train pairs (noise), all 18,000 (offline, SimPO)
+    # notebook 06: ungrouped batches of 64 from 4,096 random train pairs (noise), all 18,000 (offline, SimPO)
     g = torch.Generator().manual_seed(0)
     noisy = torch.randperm(n_train * PAIRS_PER_PROMPT, generator=g)[:4096].tolist()
     u05n = mean_unique_per_batch(0, 64, 600, grouped=False, pool=noisy)

@@ -91,9 +91,9 @@ def main() -> None:
     print(f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} cores "
           "(wall times grow with other processes' load; CPU time much less)")
     cfg, pairs = DPOConfig.for_track(track), load_pairs("train", track)
-    print(_line("DPO step      (notebook 05: batch 32 scattered pairs)",
+    print(_line("DPO step      (notebook 06: batch 32 scattered pairs)",
                 *time_dpo_step(track, pairs, a.repeats, batch_size=32, group_by_prompt=False)), flush=True)
-    print(_line(f"DPO step      (notebook 04: batch {cfg.batch_size} pairs grouped by prompt)",
+    print(_line(f"DPO step      (notebook 05: batch {cfg.batch_size} pairs grouped by prompt)",
                 *time_dpo_step(track, pairs, a.repeats)), flush=True)
     pc = PPOConfig.for_track(track)
     print(_line(f"PPO iteration ({pc.batch_size} rollouts x {pc.max_new_tokens} tokens, {pc.ppo_epochs} epochs x "

@@ -43,7 +43,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("method", choices=["ppo", "ppo-gold", "dpo"])
     parser.add_argument("variants", help="a JSON list of config overrides, one run each")
-    parser.add_argument("--rm-steps", type=int, default=200, help="reward-model steps for `ppo` (notebook 03: 200)")
+    parser.add_argument("--rm-steps", type=int, default=200, help="reward-model steps for `ppo` (notebook 04: 200)")
     parser.add_argument("--value", choices=["reward-model", "head"], default="reward-model",
                         help="`ppo`: a value model copied from the reward model (notebook 04) or a head on the policy")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())

@@ -1,4 +1,4 @@
-"""Exercises of notebooks 05 and 05: DPO, its implicit rewards, and the variants (cDPO, IPO, SimPO, GRPO)."""
+"""Exercises of notebooks 05 and 06: DPO, its implicit rewards, and the variants (cDPO, IPO, SimPO, GRPO)."""
 from __future__ import annotations
 
 import torch

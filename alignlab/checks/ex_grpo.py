@@ -1,4 +1,4 @@
-"""Exercises of notebook 06: Schulman's KL estimators and GRPO's clipped loss with three aggregations."""
+"""Exercises of notebook 07: Schulman's KL estimators and GRPO's clipped loss with three aggregations."""
 from __future__ import annotations
 
 import torch

@@ -1,4 +1,4 @@
-"""Exercises of notebook 03: KL-shaped rewards, masked statistics, GAE and the PPO losses."""
+"""Exercises of notebook 04: KL-shaped rewards, masked statistics, GAE and the PPO losses."""
 from __future__ import annotations
 
 import torch
