@@ -45,7 +45,7 @@ def test_demonstrations_are_a_prefix_then_the_rest_of_its_sentence_and_eos_withi
 
 
 def test_sft_config_for_track_cpu_gpu_grading():
-    assert SFTConfig.for_track(TINY).steps == 40
+    assert SFTConfig.for_track(TINY).steps == 30
     assert SFTConfig.for_track(Track("tiny", "x", "cpu", True, "")).steps == 4
     gpu = SFTConfig.for_track(Track("gpt2", "gpt2", "cuda", False, ""), lr=1e-4)
     assert (gpu.steps, gpu.batch_size, gpu.lr) == (200, 64, 1e-4)
