@@ -27,10 +27,12 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.activations import ACT2FN
 from transformers.utils import logging as hf_logging
 
+from . import paths
 from .reference import last_token_index
 
 PAD_TOKEN = "<|pad|>"
@@ -137,6 +139,49 @@ def load_policy(track_or_path, device=None):
         model.generation_config.eos_token_id = tok.eos_token_id
     device = device or getattr(track_or_path, "device", None) or "cpu"
     return fast_forward_settings(model).to(device).eval()
+
+
+SFT_WEIGHTS = "model.safetensors"   # in paths.SFT_DIR: the SFT policy's weights, float16, without the tied lm_head
+SFT_CARD = "sft.json"               # in paths.SFT_DIR: how it was built and what it does (scripts/build_sft.py)
+
+
+def save_sft_policy(policy: nn.Module, folder: Path | None = None) -> Path:
+    """Store a tiny-track policy's weights as float16 safetensors (the tied ``lm_head.weight`` left out); return the file."""
+    folder = Path(folder or paths.SFT_DIR)
+    folder.mkdir(parents=True, exist_ok=True)
+    tied = policy.lm_head.weight is policy.transformer.wte.weight
+    state = {k: v.detach().to("cpu", torch.float16).contiguous() for k, v in policy.state_dict().items()
+             if not (tied and k == "lm_head.weight")}
+    save_file(state, str(folder / SFT_WEIGHTS))
+    (folder / SFT_WEIGHTS).chmod(0o644)                # readable by the grader's sandboxed users
+    return folder / SFT_WEIGHTS
+
+
+def load_sft_policy(track=None, device=None, folder: Path | None = None) -> nn.Module:
+    """The SFT policy: the tiny GPT-2 fine-tuned on demonstrations that end with EOS (``data/sft/``), in eval mode.
+
+    Tiny track (or ``track=None``) only: ``scripts/build_sft.py`` (a step of ``make data``) builds it
+    from ``data/tiny-gpt2/`` and stores float16 weights, loaded here in float32 with the base policy's
+    config and tokenizer ids. On the gpt2 track no SFT policy is built yet: this raises
+    NotImplementedError saying so (``load_policy(track)`` gives the base model;
+    ``alignlab.sft.train_sft`` fine-tunes any policy).
+    """
+    name = getattr(track, "name", track)
+    if name not in (None, "tiny"):
+        raise NotImplementedError(
+            f"The SFT policy is built for the tiny track only (data/sft/, scripts/build_sft.py); on the {name!r} "
+            "track it is not built yet. Use load_policy(track) for the base model, or fine-tune it yourself with "
+            "alignlab.sft.train_sft.")
+    weights = paths.require(Path(folder or paths.SFT_DIR) / SFT_WEIGHTS, "The SFT policy's weights")
+    model = load_policy(paths.TINY_POLICY_DIR, device="cpu")
+    state = {k: v.float() for k, v in load_file(str(weights)).items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise RuntimeError(f"{weights} does not fit the tiny policy (missing {missing}, unexpected {unexpected}): "
+                           "restore data/ (git checkout -- data) or rebuild it with `make data`.")
+    model.tie_weights()
+    device = device or getattr(track, "device", None) or "cpu"
+    return model.to(device).eval()
 
 
 def frozen_copy(model: nn.Module) -> nn.Module:

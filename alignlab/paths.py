@@ -19,6 +19,7 @@ GOLD_DIR = DATA_DIR / "gold"                  # gold sentiment classifier, no pi
 PROMPTS_FILE = DATA_DIR / "prompts.jsonl"     # IMDb prefixes of 2-8 tokens, with a split field
 PAIRS_FILE = DATA_DIR / "pairs.jsonl.gz"      # labelled preference pairs, with a split field (gzipped JSON lines)
 REWARD_MODELS_DIR = DATA_DIR / "reward-models"  # notebook 04's reward models, trained once by `make data`
+SFT_DIR = DATA_DIR / "sft"                    # the SFT policy (float16 weights) and its card (scripts/build_sft.py)
 
 
 def require(path: Path, what: str) -> Path:

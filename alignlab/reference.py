@@ -110,6 +110,36 @@ def sequence_logprob(token_logps: Tensor, completion_mask: Tensor, average: bool
     return total / count
 
 
+def sft_loss(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> Tensor:
+    """Supervised fine-tuning loss: the mean negative log-likelihood of the completion tokens of a batch.
+
+    Shapes: logits (B, T, V), input_ids (B, T), completion_mask (B, T) -> (), in at least float32.
+    Conventions:
+    - the shift happens inside: the logits at t predict ``input_ids[:, t+1]``;
+    - the mask is aligned with ``input_ids`` (1 on completion tokens, a final EOS included; 0 on
+      prompt and padding), so the prediction at t is weighted by ``completion_mask[:, t+1]``, the
+      mask of its target (``completion_mask[:, 0]`` never counts: no logit predicts the first token);
+    - a token mean over the whole batch: the sum over every completion token of -log p, divided by
+      the number of completion tokens (not a mean of per-sequence means, so a long completion
+      weighs more than a short one, as in TRL's SFTTrainer);
+    - log-softmax (logits minus logsumexp), finite for logits in the thousands;
+    - a mask with no completion token (after the first column) raises ValueError: there is nothing to average.
+    Naive equivalent: ``F.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)``
+    with ``labels = input_ids.masked_fill(completion_mask == 0, -100)``.
+    """
+    _expect(logits.dim() == 3 and input_ids.shape == logits.shape[:2] and completion_mask.shape == input_ids.shape,
+            f"sft_loss: expected logits (B, T, V), input_ids (B, T) and completion_mask (B, T), got "
+            f"{tuple(logits.shape)}, {tuple(input_ids.shape)} and {tuple(completion_mask.shape)}")
+    logits = _float(logits[:, :-1])                                   # (B, T-1, V): the logits at t predict t+1
+    targets = input_ids[:, 1:].long().unsqueeze(-1)                  # (B, T-1, 1)
+    token_logps = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # (B, T-1)
+    mask = completion_mask[:, 1:] != 0                               # (B, T-1): the mask of each target token
+    count = mask.sum()
+    _expect(bool(count > 0), "sft_loss: the completion mask has no completion token (after the first column): "
+                             "there is nothing to average")
+    return -torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum() / count
+
+
 # ------------------------------------------------- 02 reward model
 def last_token_index(attention_mask: Tensor) -> Tensor:
     """Position of the last 1 in each row, for right and left padding alike.
@@ -449,7 +479,7 @@ def grpo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
 
 
 __all__ = [
-    "log_softmax", "bradley_terry_probability", "token_logprobs", "sequence_logprob",
+    "log_softmax", "bradley_terry_probability", "token_logprobs", "sequence_logprob", "sft_loss",
     "last_token_index", "pairwise_reward_loss", "best_of_n_kl",
     "reinforce_loss", "rloo_advantages", "token_entropy",
     "kl_penalized_rewards", "masked_mean", "masked_whiten", "gae_advantages", "ppo_policy_loss", "ppo_value_loss",

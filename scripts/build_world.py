@@ -1,5 +1,5 @@
-"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, prompts + pairs, notebook 04's
-reward models, dataset card.
+"""Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, SFT policy, prompts + pairs,
+notebook 04's reward models, dataset card.
 
     .venv/bin/python scripts/build_world.py                  # everything (`make data`)
     .venv/bin/python scripts/build_world.py --only pairs,card
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "pairs", "reward_models", "frontier", "card", "arithmetic")   # arithmetic: notebook 07's world
+STEPS = ("tokenizer", "gold", "pretrain", "sft", "pairs", "reward_models", "frontier", "card", "arithmetic")   # arithmetic: notebook 07's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -60,6 +60,56 @@ def policy_samples_and_eval():
     return samples, ev
 
 
+def sft_samples() -> list[tuple[str, str]]:
+    """The SFT policy's completions of the first ten test prompts (24 new tokens at temperature 1, seed 0)."""
+    from alignlab.models import load_sft_policy, load_tokenizer
+    from alignlab.pairs import load_prompts
+    from alignlab.rollout import sample
+
+    tok, policy = load_tokenizer(paths.TINY_POLICY_DIR), load_sft_policy(None)
+    prompts = load_prompts("test")[:10]
+    ro = sample(policy, [p["prompt_ids"] for p in prompts], 24, generator=torch.Generator().manual_seed(0))
+    return [(p["prompt"], tok.decode(c)) for p, c in zip(prompts, ro.completion_ids)]
+
+
+def sft_section() -> str:
+    """The card's section on the SFT policy, from data/sft/sft.json (empty when it is not built)."""
+    from alignlab.models import SFT_CARD
+    sc = _json(paths.SFT_DIR / SFT_CARD)
+    if not sc:
+        return ""
+    d, c, b, f = sc["demonstrations"], sc["config"], sc["base"], sc["sft"]
+    q = "/".join(f"{x:.0f}" for x in d["length_quartiles"])
+    lines = "\n".join(f"{i + 1}. **{p}**{t.replace(chr(10), ' ')}" for i, (p, t) in enumerate(sft_samples()))
+
+    def quart(m):
+        return " / ".join(f"{x:.0f}" for x in m["length_quartiles"])
+    return f"""
+## SFT policy (`sft/`)
+
+The base policy fine-tuned on demonstrations by `scripts/build_sft.py` (the step `sft` of `make data`),
+so that completions end. Demonstrations: {d['n']:,} from the train reviews (seed {sc['demo_seed']}), each a
+2-8-token prefix of a review as prompt (like the prompts below) and the rest of its sentence followed
+by EOS as completion, kept only when the sentence ends within the budget of {sc['max_new_tokens']} tokens (EOS
+counted): {d['length_mean']:.1f} tokens on average (std {d['length_std']:.1f}, quartiles {q}). Trained
+with the reference `sft_loss` for {c['steps']} steps of {c['batch_size']} demonstrations (AdamW, peak lr
+{c['lr']}, warm-up then cosine, seed {c['seed']}, fp32, {sc['threads']} thread) in {sc['train_seconds']:.0f} s on the shared
+build machine; stored as float16 safetensors ({_size_mb(paths.SFT_DIR):.1f} MB) and loaded by
+`alignlab.models.load_sft_policy` (tiny track only). Token-mean loss on {sc['heldout_demonstrations']} demonstrations
+from held-out reviews: {b['heldout_loss']:.3f} (base) -> **{f['heldout_loss']:.3f}** (SFT).
+
+| {sc['heldout_prompts']} test prompts, {sc['max_new_tokens']} new tokens at temperature 1 (seed {sc['eval_seed']}) | base | SFT |
+| --- | --- | --- |
+| EOS within the budget | {b['eos_rate']:.3f} | **{f['eos_rate']:.3f}** |
+| completion length, mean (std), EOS included | {b['length_mean']:.1f} ({b['length_std']:.1f}) | {f['length_mean']:.1f} ({f['length_std']:.1f}) |
+| completion length, quartiles 25 / 50 / 75 % | {quart(b)} | {quart(f)} |
+
+Ten samples of the SFT policy (first ten test prompts in bold, seed 0; `<|endoftext|>` is the EOS):
+
+{lines}
+"""
+
+
 def write_card(path: Path = CARD) -> str:
     pm = _json(paths.TINY_POLICY_DIR / "pretrain_metrics.json")
     gm = _json(paths.GOLD_DIR / "metrics.json")
@@ -73,8 +123,8 @@ def write_card(path: Path = CARD) -> str:
 
 Everything the default (offline, CPU) track needs, built by `scripts/` with
 fixed seeds and committed here. Rebuild it all with `make data`
-(`scripts/build_world.py`: tokenizer, gold classifier, policy, prompts and
-pairs, notebook 04's reward models, this card). Every figure below was measured by the build and is
+(`scripts/build_world.py`: tokenizer, gold classifier, policy, SFT policy,
+prompts and pairs, notebook 04's reward models, this card). Every figure below was measured by the build and is
 rewritten by it.
 
 ## Files
@@ -86,10 +136,12 @@ rewritten by it.
 | `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
+| `sft/` | the SFT policy: `model.safetensors` (float16 weights of the policy fine-tuned on demonstrations that end with EOS; the tied output layer left out) and `sft.json` (settings, demonstrations, loss curve, base-vs-SFT figures); `alignlab.models.load_sft_policy` loads it |
 | `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
 | `frontier/baselines.json` | notebook 05's two frontier baselines that run none of the learner's code, PPO against the gold (30 iterations) and best-of-n by the gold (n up to 32, 64 prompts), computed once by `scripts/build_frontier.py` exactly as the notebook would, with their settings and a fingerprint of the world's files and the code; the notebook loads them only while all of that matches |
 
-Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB (before this card).
+Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB before this card, of which the reward models take
+{_size_mb(paths.REWARD_MODELS_DIR):.1f} MB and the SFT policy {_size_mb(paths.SFT_DIR):.1f} MB.
 
 ## Text
 
@@ -105,14 +157,16 @@ GPT-2-style byte-level BPE trained with `tokenizers` on the train reviews:
 vocabulary {cfg['vocab_size']:,}, EOS `<|endoftext|>` (id {cfg['eos_token_id']}), a distinct pad
 `<|pad|>` (id {cfg['pad_token_id']}). No BOS is prepended.
 
-## Policy (the SFT model and the reference)
+## Policy (the pretrained base)
 
 GPT-2 with {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads, {cfg['n_positions']} positions:
 {pm.get('parameters', 0):,} parameters. Pretrained on the first 62 tokens of each train
 review (EOS appended where the review ends within them) for {pm.get('steps', 0):,} steps of
 {pm.get('config', {}).get('batch_size', 0)} openings (AdamW, peak lr {pm.get('config', {}).get('lr', 0)}, warm-up then cosine, seed
 {pm.get('config', {}).get('seed', 0)}, fp32, {pm.get('config', {}).get('threads', 0)} thread): {pm.get('tokens_seen', 0) / 1e6:.1f}M tokens in
-{pm.get('train_seconds', 0) / 60:.1f} min ({pm.get('tokens_per_second', 0):,.0f} tokens/s on the shared build machine).
+{pm.get('train_seconds', 0) / 60:.1f} min ({pm.get('tokens_per_second', 0):,.0f} tokens/s on the shared build machine). It sampled
+the preference pairs below and is the reference policy of the later notebooks; the SFT policy (next
+section) is fine-tuned from it.
 
 - Held-out perplexity (openings of the 2,500 test reviews): **{pm.get('perplexity_heldout', float('nan')):.1f}**
 - Base policy on 256 test prompts, 24 new tokens at temperature 1: gold
@@ -122,7 +176,7 @@ review (EOS appended where the review ends within them) for {pm.get('steps', 0):
 Ten samples (first ten test prompts in bold, 24 new tokens at temperature 1, seed 0):
 
 {sample_lines}
-
+{sft_section()}
 ## Gold reward (the simulated human)
 
 TF-IDF over word 1-2 grams (sublinear tf, {gm.get('features', 0):,} n-grams) + logistic
@@ -164,7 +218,8 @@ log-probs under this policy at temperature 1: DPO's reference log-probs;
 
 ## Seeds
 
-Split 0; policy initialization and batch order {pm.get('config', {}).get('seed', 0)}; prompts
+Split 0; policy initialization and batch order {pm.get('config', {}).get('seed', 0)}; SFT demonstrations
+{_json(paths.SFT_DIR / "sft.json").get('demo_seed')}, SFT batch order {_json(paths.SFT_DIR / "sft.json").get('config', {}).get('seed')}; prompts
 {am.get('seeds', {}).get('prompts')}, sampling {am.get('seeds', {}).get('sampling')}, annotators {am.get('seeds', {}).get('annotators')}. Tokenizer and
 gold fits are deterministic. Results can differ in the last digits on
 another machine or thread count (floating-point summation order).
@@ -201,6 +256,8 @@ def main(argv=None):
             staging = paths.REPO_ROOT / "build" / "tiny-gpt2-staging"
             pretrain(PretrainConfig(steps=args.pretrain_steps, threads=1), staging)
             install(staging)
+        elif step == "sft":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_sft.py")], check=True)
         elif step == "pairs":
             from build_pairs import build
             print(build(args.train_prompts, args.test_prompts))

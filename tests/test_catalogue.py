@@ -154,6 +154,7 @@ def inputs(exercise):
         "bradley_terry_probability": [(randn(5, scale=2), randn(5, seed=1, scale=2)), (torch.tensor([1e4, 3.0]), torch.tensor([0.0, 1.0]))],
         "token_logprobs": [(randn(B, T, 11, scale=4), ids)],
         "sequence_logprob": [(randn(B, T - 1), MASKS, False), (randn(B, T - 1), MASKS, True)],
+        "sft_loss": [(randn(B, T, 11, scale=4), ids, MASKS), (randn(B, T, 11, scale=300) + 1000, ids, MASKS)],
         "last_token_index": [(MASKS,)],
         "pairwise_reward_loss": [(randn(5), randn(5, seed=1), None), (randn(5), randn(5, seed=1), randn(5, seed=2).abs()),
                                  (torch.tensor([-1e4, 1e4], dtype=torch.float64), torch.zeros(2, dtype=torch.float64), None)],

@@ -102,6 +102,38 @@ def test_sequence_logprob_rejects_a_misaligned_mask_and_empty_average():
         R.sequence_logprob(torch.zeros(1, 3), torch.tensor([[1, 0, 0, 0]]), average=True)
 
 
+def test_sft_loss_is_a_token_mean_of_the_completion_nll_with_the_shift_inside():
+    logits = torch.randn(2, 5, 7, generator=gen(), dtype=torch.float64)
+    ids = torch.randint(0, 7, (2, 5), generator=gen(1))
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]])          # 2 + 4 completion tokens, right padding
+    logps = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    expected = -(logps * mask[:, 1:]).sum() / 6                       # one mean over the batch's 6 tokens
+    assert torch.allclose(R.sft_loss(logits, ids, mask), expected)
+    labels = ids.masked_fill(mask == 0, -100)[:, 1:]
+    assert torch.allclose(R.sft_loss(logits, ids, mask), F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels.reshape(-1)))
+
+
+def test_sft_loss_is_finite_for_large_logits_and_masked_positions_get_no_gradient():
+    logits = (torch.randn(2, 5, 7, generator=gen()) * 500 + 1000).requires_grad_(True)
+    ids = torch.randint(0, 7, (2, 5), generator=gen(1))
+    mask = torch.tensor([[0, 0, 1, 1, 0], [0, 1, 1, 1, 1]])
+    loss = R.sft_loss(logits, ids, mask)
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    logits = (torch.randn(2, 5, 7, generator=gen()) * 2).requires_grad_(True)
+    R.sft_loss(logits, ids, mask).backward()
+    grad_rows = logits.grad.abs().sum(-1)                              # (B, T): position t predicts token t+1
+    assert torch.equal(grad_rows[:, :-1] > 0, mask[:, 1:].bool()) and (grad_rows[:, -1] == 0).all()
+
+
+def test_sft_loss_refuses_an_empty_mask_and_wrong_shapes():
+    with pytest.raises(ValueError, match="no completion token"):
+        R.sft_loss(torch.randn(2, 4, 5), torch.zeros(2, 4, dtype=torch.long), torch.zeros(2, 4))
+    with pytest.raises(ValueError, match="no completion token"):   # column 0 is never a target
+        R.sft_loss(torch.randn(1, 4, 5), torch.zeros(1, 4, dtype=torch.long), torch.tensor([[1, 0, 0, 0]]))
+    with pytest.raises(ValueError, match=r"\(B, T, V\)"):
+        R.sft_loss(torch.randn(2, 4), torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4))
+
+
 # ------------------------------------------------------------ 02
 def test_last_token_index_handles_right_and_left_padding():
     mask = torch.tensor([[1, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 0, 0, 0], [1, 1, 1, 1, 1]])

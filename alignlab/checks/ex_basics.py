@@ -1,4 +1,4 @@
-"""Exercises of notebooks 00 and 01: log-softmax, Bradley-Terry, token and sequence log-probabilities."""
+"""Exercises of notebooks 00 and 01: log-softmax, Bradley-Terry, token and sequence log-probabilities, the SFT loss."""
 from __future__ import annotations
 
 import torch
@@ -77,6 +77,37 @@ def _seq_cases() -> list[Case]:
     ]
 
 
+def _sft_cases() -> list[Case]:
+    g = generator(104)
+
+    def case(name, rows, T, V=11, scale=2.0, shift=0.0, dtype=torch.float32, mask_dtype=torch.long, **kw):
+        mask = spans(T, rows, dtype=mask_dtype)
+        return Case(name, {"logits": randn(g, len(rows), T, V, scale=scale, shift=shift, dtype=dtype),
+                           "input_ids": randint(g, V, len(rows), T), "completion_mask": mask}, **kw)
+
+    right = [(2, 5), (3, 7), (1, 3)]              # prompt, completion of 3, 4 and 2 tokens, right padding
+    uneven = [(2, 3), (1, 8), (4, 6)]             # completions of 1, 7 and 2 tokens
+    full = [(3, 6), (2, 6)]                       # prompt then completion to the end: no padding
+    left = [(4, 7), (2, 7), (5, 7)]               # left padding + prompt, completion at the end
+    return [
+        case("prompts, completions and right padding: logits (3, 7, 11)", right, 7),
+        case("completions of 1, 7 and 2 tokens: one mean over all completion tokens of the batch", uneven, 8),
+        case("large logits (about 1000, spread 300): use log-softmax, not log(softmax)", right, 7, scale=300.0, shift=1000.0),
+        case("bfloat16 logits: compute in float32", right, 7, V=50, scale=4.0, dtype=torch.bfloat16),
+        case("an all-zero completion mask raises ValueError (nothing to average)", [(0, 0), (0, 0)], 5, raises="ValueError"),
+        case("no padding: every position after the prompt is a completion token", full, 6, hidden=True),
+        case("left padding, completions at the end", left, 7, hidden=True),
+        case("a row without completion tokens: the mean is over the others' tokens", [(2, 6), (0, 0), (1, 3)], 6, hidden=True),
+        case("a bool completion mask", right, 7, mask_dtype=torch.bool, hidden=True),
+        case("a float completion mask, a batch of one", [(3, 8)], 9, V=13, mask_dtype=torch.float32, hidden=True),
+        case("very negative and very large logits (around -10000 and 5000)", uneven, 8, scale=5000.0, shift=-1e4, hidden=True),
+        case("gradient with respect to the logits: prompt and padding positions receive none", right, 7,
+             hidden=True, grad=("logits",)),
+        case("gradient, rows of uneven lengths (each token weighs 1 / all completion tokens)", uneven, 8,
+             hidden=True, grad=("logits",)),
+    ]
+
+
 def _extra_precision(case: Case, outputs: tuple) -> str | None:
     out = outputs[0]
     if isinstance(out, torch.Tensor) and out.dtype in (torch.float16, torch.bfloat16):
@@ -94,4 +125,7 @@ EXERCISES = [
              hint="entry t is log p(x[t+1] | x[..t]): log_softmax(logits[:, :-1]) gathered at input_ids[:, 1:], in float32."),
     Exercise("sequence_logprob", build=_seq_cases, mistakes=MISTAKES["sequence_logprob"],
              hint="sum of token_logps weighted by completion_mask[:, 1:] (divide by its count when average=True)."),
+    Exercise("sft_loss", build=_sft_cases, mistakes=MISTAKES["sft_loss"], extra=_extra_precision,
+             hint="log_softmax(logits[:, :-1]) gathered at input_ids[:, 1:], weighted by completion_mask[:, 1:]; "
+                  "minus their sum divided by the number of completion tokens; an all-zero mask raises ValueError."),
 ]

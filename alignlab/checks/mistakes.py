@@ -145,6 +145,29 @@ def _aggregation_mistake(used):
     return Mistake(f"used the {label} aggregation", "Check which aggregation was asked for. " + AGGREGATION_ADVICE[used], fn)
 
 
+def _sft_logps(lg, ids, shift=True):
+    """Log-probs of the tokens: (B, T-1) with the shift, (B, T) without it."""
+    if shift:
+        return torch.log_softmax(lg[:, :-1], -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+    return torch.log_softmax(lg, -1).gather(-1, ids[:, :, None]).squeeze(-1)
+
+
+def _sft(lg, ids, m, weights=None, shift=True, per_row=False, total=False, sign=-1.0):
+    lp = _sft_logps(lg, ids, shift)
+    w = _m(m[:, 1:] if shift else m) if weights is None else weights
+    if per_row:
+        return sign * ((lp * w).sum(-1) / w.sum(-1)).mean()
+    return sign * (lp * w).sum() / (1 if total else w.sum())
+
+
+def _sft_naive(lg, ids, m, where=False):
+    """log(softmax(x)) in float32: -inf where a probability underflows (nan once multiplied by a 0 of the mask)."""
+    lp = torch.log(torch.softmax(lg[:, :-1].float(), -1)).gather(-1, ids[:, 1:, None]).squeeze(-1).double()
+    w = _m(m[:, 1:])
+    picked = torch.where(w != 0, lp, torch.zeros_like(lp)) if where else lp * w
+    return -picked.sum() / w.sum()
+
+
 LOW_PRECISION = ("computed in low precision", "Upcast to float32 first (`.float()`), then compute; bfloat16 keeps only 3 significant digits.")
 OVERFLOW = ("log(sigmoid(x)) overflow", "sigmoid underflows to 0 for very negative x and log(0) = -inf: use torch.nn.functional.logsigmoid.")
 
@@ -200,6 +223,33 @@ MISTAKES: dict[str, list[Mistake]] = {
                 lambda x, m, average=False: (x * _m(m[:, 1:])).sum(-1)),
         Mistake("averaged over all positions", "With average=True divide by the number of completion tokens, not by T-1.",
                 lambda x, m, average=False: (x * _m(m[:, 1:])).sum(-1) / x.shape[-1]),
+    ],
+    "sft_loss": [
+        Mistake("no shift", "The logits at t predict the token at t+1: score logits[:, :-1] against input_ids[:, 1:], "
+                            "weighted by completion_mask[:, 1:].", lambda lg, ids, m: _sft(lg, ids, m, shift=False)),
+        Mistake("mask not shifted", "The prediction at t is for token t+1: weight it by that token's mask, completion_mask[:, 1:].",
+                lambda lg, ids, m: _sft(lg, ids, m, weights=_m(m[:, :-1]))),
+        Mistake("prompt tokens counted", "SFT trains on the completion only: weight every token by completion_mask[:, 1:] "
+                                         "(prompt and padding get 0) and divide by the number of completion tokens.",
+                lambda lg, ids, m: _sft(lg, ids, m, weights=torch.ones(m.shape[0], m.shape[1] - 1, dtype=torch.float64))),
+        Mistake("padding counted", "The padding after a completion must not count: use completion_mask[:, 1:] itself, "
+                                   "not 'every position after the prompt'.",
+                lambda lg, ids, m: _sft(lg, ids, m, weights=(_m(m).cumsum(-1) > 0).double()[:, 1:])),
+        Mistake("mean of per-sequence means", "Average over all completion tokens of the batch at once (sum of their "
+                                              "-log p / their count), not row by row: a long completion weighs more.",
+                lambda lg, ids, m: _sft(lg, ids, m, per_row=True)),
+        Mistake("sum instead of mean", "Divide the summed -log p by the number of completion tokens.",
+                lambda lg, ids, m: _sft(lg, ids, m, total=True)),
+        Mistake("sign flipped", "The loss is the negative log-likelihood: minus the mean log-probability (it is >= 0).",
+                lambda lg, ids, m: _sft(lg, ids, m, sign=1.0)),
+        Mistake("overflow on large logits", "log(softmax(x)) (or exp(x) / sum exp(x)) breaks for logits in the hundreds "
+                                            "(0 * -inf = nan): use torch.log_softmax, or the logit minus logsumexp.",
+                lambda lg, ids, m: _sft_naive(lg, ids, m)),
+        Mistake("overflow on large logits (log of 0)", "softmax underflows to 0 for logits in the hundreds and log(0) = -inf: "
+                                                       "use torch.log_softmax, or the logit minus logsumexp.",
+                lambda lg, ids, m: _sft_naive(lg, ids, m, where=True)),
+        Mistake(*LOW_PRECISION, lambda lg, ids, m: -(torch.log_softmax(lg[:, :-1].bfloat16(), -1).gather(-1, ids[:, 1:, None])
+                                                     .squeeze(-1).double() * _m(m[:, 1:])).sum() / _m(m[:, 1:]).sum(), loose=True),
     ],
     "last_token_index": [
         Mistake("right padding only", "mask.sum(-1) - 1 is wrong for left padding: find the position of the last 1.", lambda m: m.long().sum(-1) - 1),

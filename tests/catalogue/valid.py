@@ -76,6 +76,28 @@ def sequence_logprob__einsum(token_logps, completion_mask, average=False):
     return total
 
 
+# ============================================================ sft_loss
+@valid("sft_loss", "cross_entropy with ignore_index=-100 labels")
+def sft_loss__cross_entropy(logits, input_ids, completion_mask):
+    labels = input_ids.masked_fill(completion_mask == 0, -100)[:, 1:]      # the target of the logits at t is token t+1
+    if (labels == -100).all():
+        raise ValueError("sft_loss: no completion token to average over")
+    logits = logits[:, :-1]
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits = logits.float()
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
+
+
+@valid("sft_loss", "gather of log_softmax, boolean indexing")
+def sft_loss__gather(logits, input_ids, completion_mask):
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, input_ids[:, 1:].unsqueeze(2)).squeeze(2)
+    keep = completion_mask[:, 1:].bool()
+    if not bool(keep.any()):
+        raise ValueError("sft_loss: the completion mask is empty")
+    return -logps[keep].mean()
+
+
 # ============================================================ last_token_index
 @valid("last_token_index", "flip and argmax")
 def last_token_index__flip(attention_mask):

@@ -168,6 +168,63 @@ def sequence_logprob__delegates(token_logps, completion_mask, average=False):
     return reference.sequence_logprob(token_logps, completion_mask, average)
 
 
+# ============================================================ sft_loss
+@wrong("sft_loss", "no shift")
+def sft_loss__no_shift(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, :, None]).squeeze(-1)
+    mask = completion_mask.float()
+    return -(logps * mask).sum() / mask.sum()
+
+
+@wrong("sft_loss", "prompt tokens counted")
+def sft_loss__prompt_counted(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    return -logps.mean()
+
+
+@wrong("sft_loss", "mean of per-sequence means")
+def sft_loss__row_means(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, 1:].float()
+    if mask.sum() == 0:
+        raise ValueError("no completion token")
+    return (-(logps * mask).sum(-1) / mask.sum(-1)).mean()
+
+
+@wrong("sft_loss", "padding counted")
+def sft_loss__padding_counted(logits, input_ids, completion_mask):
+    labels = input_ids.clone()
+    after_prompt = completion_mask.long().cumsum(-1) > 0        # every position from the first completion token on
+    labels[~after_prompt] = -100
+    if (labels[:, 1:] == -100).all():
+        raise ValueError("no completion token")
+    return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100)
+
+
+@wrong("sft_loss", "overflow on large logits")
+def sft_loss__log_of_softmax(logits, input_ids, completion_mask):
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, 1:].float()
+    if mask.sum() == 0:
+        raise ValueError("no completion token")
+    return -(torch.log(probs) * mask).sum() / mask.sum()
+
+
+@wrong("sft_loss", "mask not shifted")
+def sft_loss__mask_not_shifted(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, :-1].float()
+    if mask.sum() == 0:
+        raise ValueError("no completion token")
+    return -(logps * mask).sum() / mask.sum()
+
+
+@wrong("sft_loss", "only calls the reference")
+def sft_loss__delegates(logits, input_ids, completion_mask):
+    from alignlab import reference
+    return reference.sft_loss(logits, input_ids, completion_mask)
+
+
 # ============================================================ last_token_index
 @wrong("last_token_index", "right padding only")
 def last_token_index__right_padding_only(attention_mask):
