@@ -3,7 +3,9 @@
 The loop takes the learner's functions (or the references): ``group_relative_advantages``,
 ``grpo_policy_loss`` and ``kl_estimators``. ``scale_rewards=False`` drops the std
 division (Dr. GRPO); ``kl_coef`` adds a KL term to the reference, either k3 in the
-loss (``kl_in="loss"``, as GRPO) or k1 subtracted from the reward (``kl_in="reward"``).
+loss (``kl_in="loss"``, as GRPO: kl_coef * k3 joins each token's loss and is aggregated
+with it, as in the GRPO paper's objective and TRL's GRPOTrainer) or k1 subtracted from the
+reward (``kl_in="reward"``).
 """
 from __future__ import annotations
 
@@ -63,6 +65,40 @@ def completion_token_logps(model, prompts, completions):
     return torch.log_softmax(logits, -1).gather(-1, comp[..., None]).squeeze(-1)
 
 
+def aggregate_tokens(per_token, mask, aggregation: str):
+    """One number from per-token values (B, T), aggregated as ``grpo_policy_loss`` aggregates its losses.
+
+    "sequence_mean": the mean over rows of each row's masked mean (a row's count clamped at 1);
+    "token_mean": masked sum / masked count; "constant": masked sum / (B * T).
+    """
+    m = mask.to(per_token.dtype)
+    total = per_token * m
+    if aggregation == "sequence_mean":
+        return (total.sum(1) / m.sum(1).clamp(min=1)).mean()
+    if aggregation == "token_mean":
+        return total.sum() / m.sum()
+    if aggregation == "constant":
+        return total.sum() / (m.shape[0] * m.shape[1])
+    raise ValueError(f"unknown aggregation {aggregation!r}")
+
+
+def update_loss(logprobs, old_logprobs, ref_logprobs, advantages, mask, config: GRPOConfig,
+                loss_fn: Callable | None = None, kl_fn: Callable | None = None):
+    """The loss of one GRPO update: the clipped surrogate and, with ``kl_in="loss"``, kl_coef * k3 per token.
+
+    The KL term sits inside the per-token loss, l_t + kl_coef * k3_t, and is aggregated with it (GRPO's
+    objective, TRL's GRPOTrainer); aggregation being linear, that is ``loss_fn``'s result plus kl_coef times
+    k3 aggregated the same way. ``ref_logprobs`` None: no KL term.
+    """
+    loss_fn = loss_fn or reference.grpo_policy_loss
+    kl_fn = kl_fn or reference.kl_estimators
+    loss = loss_fn(logprobs, old_logprobs, advantages, mask, config.clip_range, config.aggregation)
+    if ref_logprobs is not None and config.kl_coef > 0 and config.kl_in == "loss":
+        k3 = kl_fn(logprobs, ref_logprobs, mask)[2]
+        loss = loss + config.kl_coef * aggregate_tokens(k3, mask, config.aggregation)
+    return loss
+
+
 def evaluate(model, problems) -> dict:
     _, comp = ar.sample(model, problems, n=1, temperature=0)
     mask = ar.completion_mask(comp)
@@ -110,9 +146,7 @@ def train_grpo(policy, train_problems, eval_problems, config: GRPOConfig, advant
         policy.train()
         for _ in range(config.epochs):
             lp = completion_token_logps(policy, prompts, comp)
-            loss = loss_fn(lp, old, adv, mask, config.clip_range, config.aggregation)
-            if ref is not None and config.kl_in == "loss":
-                loss = loss + config.kl_coef * reference.masked_mean(kl_fn(lp, ref, mask)[2], mask)
+            loss = update_loss(lp, old, ref, adv, mask, config, loss_fn, kl_fn)
             opt.zero_grad()
             loss.backward()
             opt.step()

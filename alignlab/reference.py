@@ -460,6 +460,8 @@ def grpo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
     Per token: l = max(-A * ratio, -A * clip(ratio, 1-c, 1+c)), ratio = exp(logprobs - old_logprobs).
     aggregation "sequence_mean" (GRPO): mean over rows of each row's masked mean;
     "token_mean" (DAPO): sum of l * mask / sum of mask; "constant" (Dr. GRPO): sum of l * mask / (B * T).
+    A row whose mask is all zero (no completion tokens) contributes 0 to "sequence_mean": its token count
+    is clamped at 1, as TRL does (it still counts as a row in the mean over rows).
     Any other aggregation raises ValueError.
     """
     _same_2d("grpo_policy_loss", logprobs=logprobs, old_logprobs=old_logprobs, mask=mask)
@@ -472,7 +474,7 @@ def grpo_policy_loss(logprobs: Tensor, old_logprobs: Tensor, advantages: Tensor,
     adv = advantages[:, None]                                         # (B, 1)
     losses = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
     if aggregation == "sequence_mean":
-        return (losses.sum(1) / m.sum(1)).mean()
+        return (losses.sum(1) / m.sum(1).clamp(min=1)).mean()     # an all-masked row: 0 / 1 = 0, not NaN
     if aggregation == "token_mean":
         return losses.sum() / m.sum()
     return losses.sum() / (m.shape[0] * m.shape[1])

@@ -182,7 +182,8 @@ def inputs(exercise):
         "group_relative_advantages": [(torch.rand(3, 4, generator=g(0), dtype=torch.float64), 1e-6),
                                       (torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 3.0]], dtype=torch.float64), 1e-6)],
         "kl_estimators": [(-randn(B, T).abs(), -randn(B, T, seed=1).abs(), MASKS)],
-        "grpo_policy_loss": [(randn(B, T, scale=0.3), randn(B, T, seed=1, scale=0.3), randn(B, seed=2), MASKS, 0.2, agg)
+        "grpo_policy_loss": [(randn(B, T, scale=0.3), randn(B, T, seed=1, scale=0.3), randn(B, seed=2), masks, 0.2, agg)
+                             for masks in (MASKS, MASKS * torch.tensor([[1], [0], [1]]))     # the second: an all-masked row
                              for agg in ("sequence_mean", "token_mean", "constant")],
     }[exercise]
 

@@ -9,7 +9,7 @@ import torch
 from alignlab import arithmetic as ar
 from alignlab import reference
 from alignlab.config import Track
-from alignlab.grpo import GRPOConfig, completion_token_logps, train_grpo
+from alignlab.grpo import GRPOConfig, completion_token_logps, train_grpo, update_loss
 
 
 def ids(text: str) -> torch.Tensor:
@@ -83,6 +83,35 @@ def test_the_kl_term_runs_both_ways(kl_in):
     h = train_grpo(ar.load_policy(), train, test, GRPOConfig(steps=2, eval_every=2, eval_problems=20, kl_coef=0.1,
                                                                kl_in=kl_in, scale_rewards=kl_in == "loss"), progress=False)
     assert len(h.steps) == 2 and len(h.evals) == 2 and 0 <= h.final["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("aggregation", ["sequence_mean", "token_mean", "constant"])
+def test_the_kl_term_sits_in_the_per_token_loss_and_is_aggregated_with_it(aggregation):
+    """By hand: per token l_t + beta * k3_t, then the aggregation's own divisor (GRPO's objective, TRL)."""
+    lp = torch.tensor([[-1.0, -0.5, -2.0], [-0.3, -0.7, -9.0], [-4.0, -4.0, -4.0]])
+    old = torch.tensor([[-1.1, -0.4, -2.0], [-0.3, -0.9, -1.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -0.5, -3.0], [-0.1, -0.2, -5.0], [-2.0, -2.0, -2.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0], [0, 0, 0]])        # lengths 3, 2 and an all-masked row
+    adv, beta, c = torch.tensor([1.0, -0.5, 2.0]), 0.1, 0.2
+    config = GRPOConfig(aggregation=aggregation, kl_coef=beta, kl_in="loss", clip_range=c)
+    rows = []
+    for b in range(3):
+        terms = []
+        for t in range(3):
+            if mask[b, t]:
+                ratio = math.exp(lp[b, t] - old[b, t])
+                clipped = min(max(ratio, 1 - c), 1 + c)
+                surrogate = max(-adv[b].item() * ratio, -adv[b].item() * clipped)
+                log_r = (ref[b, t] - lp[b, t]).item()
+                terms.append(surrogate + beta * (math.exp(log_r) - 1 - log_r))
+        rows.append(terms)
+    total = sum(sum(r) for r in rows)
+    hand = {"sequence_mean": sum(sum(r) / max(len(r), 1) for r in rows) / 3,
+            "token_mean": total / sum(len(r) for r in rows),
+            "constant": total / (3 * 3)}[aggregation]
+    assert update_loss(lp, old, ref, adv, mask, config).item() == pytest.approx(hand, rel=1e-6)
+    no_kl = update_loss(lp, old, None, adv, mask, config).item()
+    assert no_kl == pytest.approx(reference.grpo_policy_loss(lp, old, adv, mask, c, aggregation).item(), rel=1e-6)
 
 
 def test_for_track_is_smallest_under_the_grader():

@@ -160,6 +160,9 @@ def test_every_test_cell_of_the_course_names_the_checks_the_judge_must_have_seen
                 assert needed, f"{path.name} {meta['grade_id']}: no check the judge could record"
                 if "multiple_choice" in cell.source:
                     assert needed[0][0].startswith("multiple_choice:") and len(needed) == 1, needed
+                elif "checks.matching(" in cell.source:      # one recorded answer per statement
+                    assert len(needed) >= 2 and all(c.startswith("multiple_choice:") and "/" in c and not h
+                                                    for c, h in needed), needed
                 else:
                     name = meta["grade_id"][len("test_"):]
                     assert needed == [(name, False), (name, True)], needed

@@ -89,3 +89,32 @@ def test_committed_registries_are_well_formed():
         assert data["notebook"] == path.stem
         for qid, entry in data["questions"].items():
             assert set(entry) == {"salt", "answer_sha256", "hint", "explanation"}, (path.name, qid)
+
+
+@pytest.fixture
+def matching_registry(tmp_path, monkeypatch):
+    monkeypatch.setattr(paths, "AUTOGRADER_DIR", tmp_path)
+    for letter, answer in (("a", "RLHF"), ("b", "DPO"), ("c", "RLHF")):
+        questions.add_question("06_beyond_dpo", f"pipes/{letter}", answer, f"hint for {letter}", f"why {letter}")
+    return tmp_path
+
+
+def test_a_matching_question_passes_only_as_a_whole_and_names_the_wrong_statements(matching_registry, capsys):
+    checks.matching("pipes", {"a": "rlhf", "B": "DPO", "(c)": " RLHF "})
+    out = capsys.readouterr().out
+    assert "correct, all 3 statements" in out and "why a" in out and "why c" in out
+    with pytest.raises(AssertionError) as error:
+        checks.matching("pipes", {"a": "RLHF", "b": "RLHF"})
+    message = str(error.value)
+    assert "2 of 3" in message and "(b)" in message and "hint for b" in message and "(c)" in message
+    assert "(a)" not in message and "DPO" not in message.replace("'RLHF'", "")
+    with pytest.raises(AssertionError, match="not answered yet"):
+        checks.matching("pipes", None)
+    with pytest.raises(LookupError):
+        checks.matching("no_such_matching", {})
+
+
+def test_the_judge_requires_every_statement_of_a_matching_question(matching_registry):
+    from alignlab.grading.judge import requirements
+    assert requirements('checks.matching("pipes", answer_match)') == [
+        ("multiple_choice:pipes/a", False), ("multiple_choice:pipes/b", False), ("multiple_choice:pipes/c", False)]

@@ -43,6 +43,9 @@ def _grpo_cases() -> list[Case]:
         return Case(name, {"logprobs": lp, "old_logprobs": old, "advantages": adv, "mask": mask, "clip_range": c,
                            "aggregation": aggregation}, hidden=hidden, grad=("logprobs",) if grad else ())
 
+    g_empty = generator(602)                      # its own draws, so the cases above keep theirs
+    old_empty = -randn(g_empty, 3, 4).abs() * 2
+    lp_empty = old_empty + randn(g_empty, 3, 4, scale=0.3)
     return [
         case("sequence_mean (GRPO), uneven lengths", UNEVEN, 6, "sequence_mean"),
         case("token_mean (DAPO), uneven lengths", UNEVEN, 6, "token_mean"),
@@ -52,6 +55,9 @@ def _grpo_cases() -> list[Case]:
         case("completions after a prompt, constant", AFTER_PROMPT, 6, "constant", hidden=True),
         case("gradient into logprobs, sequence_mean", UNEVEN, 6, "sequence_mean", hidden=True, grad=True),
         case("gradient into logprobs, constant", RIGHT, 6, "constant", hidden=True, grad=True),
+        Case("sequence_mean with a row of no completion tokens (all-masked): it contributes 0, not NaN",
+             {"logprobs": lp_empty, "old_logprobs": old_empty, "advantages": torch.tensor([0.7, -1.3, 1.1]),
+              "mask": spans(4, [(0, 3), (0, 0), (1, 3)]), "clip_range": 0.2, "aggregation": "sequence_mean"}),
         Case("an unknown aggregation raises ValueError",
              {"logprobs": torch.zeros(2, 3), "old_logprobs": torch.zeros(2, 3), "advantages": torch.ones(2),
               "mask": torch.ones(2, 3, dtype=torch.long), "clip_range": 0.2, "aggregation": "mean"}, raises="ValueError"),

@@ -102,10 +102,10 @@ def _k(lp, ref, mask, *, inverted=False, half=0.5, masked=True, k3_sign=1.0):
     return k1, k2, k3
 
 
-def _agg(losses, mask, aggregation):
+def _agg(losses, mask, aggregation, clamp=True):
     m = _m(mask)
     if aggregation == "sequence_mean":
-        return ((losses * m).sum(1) / m.sum(1)).mean()
+        return ((losses * m).sum(1) / (m.sum(1).clamp(min=1) if clamp else m.sum(1))).mean()
     if aggregation == "token_mean":
         return (losses * m).sum() / m.sum()
     if aggregation == "constant":
@@ -113,7 +113,7 @@ def _agg(losses, mask, aggregation):
     return (losses * m).sum() / m.shape[0]                       # "sum over tokens, mean over rows"
 
 
-def _grpo(lp, old, adv, mask, c, aggregation, *, combine=torch.maximum, sign=-1.0, clip="ratio", used=None):
+def _grpo(lp, old, adv, mask, c, aggregation, *, combine=torch.maximum, sign=-1.0, clip="ratio", used=None, clamp=True):
     a = adv[:, None]
     ratio = torch.exp(lp - old)
     if clip == "ratio":
@@ -126,7 +126,7 @@ def _grpo(lp, old, adv, mask, c, aggregation, *, combine=torch.maximum, sign=-1.
         losses = sign * a * ratio
     else:
         losses = combine(sign * a * ratio, sign * a * clipped)
-    return _agg(losses, mask, used or aggregation)
+    return _agg(losses, mask, used or aggregation, clamp)
 
 
 AGGREGATION_ADVICE = {
@@ -452,6 +452,9 @@ MISTAKES: dict[str, list[Mistake]] = {
         Mistake("clip on the wrong term: the log-ratio", "Clip the ratio to [1-c, 1+c], not the log-ratio to [-c, c].",
                 lambda *a: _grpo(*a, clip="log")),
         Mistake("no clipping", "Take the max of -A * ratio and -A * clip(ratio, 1-c, 1+c).", lambda *a: _grpo(*a, clip="none")),
+        Mistake("an all-masked row divides 0 by 0", "In sequence_mean, clamp each row's token count at 1 "
+                "(mask.sum(1).clamp(min=1)), as TRL does: a row with no completion tokens then contributes 0, not NaN.",
+                lambda *a: _grpo(*a, clamp=False)),
     ],
 }
 

@@ -1,4 +1,5 @@
-"""Multiple-choice questions checked by hash: ``checks.multiple_choice("seed_implication", "B")``.
+"""Multiple-choice questions checked by hash: ``checks.multiple_choice("seed_implication", "B")``; matching
+questions, one registered question per statement: ``checks.matching("06_match_pipeline", {"a": "RLHF", ...})``.
 
 The registry (``autograder/questions/<notebook>.json``) holds, per question, a
 salt, the salted sha256 of the normalized correct answer, a hint, and the
@@ -29,7 +30,7 @@ from pathlib import Path
 from .. import paths
 from . import _wire
 
-__all__ = ["multiple_choice"]
+__all__ = ["multiple_choice", "matching"]
 
 
 def questions_dir() -> Path:
@@ -129,21 +130,60 @@ def verdict(question_id: str, answer, shown: str | None = None) -> tuple[bool, s
     return True, f"{question_id}: correct. {text}"
 
 
-def multiple_choice(question_id: str, answer) -> None:
-    """Check an answer: prints the explanation when right; raises AssertionError with a hint (never the answer) when wrong.
-    Under the grader the judge gives the verdict (and records it); the answer travels normalized."""
+def _judged(question_id: str, answer) -> tuple[bool, str]:
+    """(passed?, message): the judge's under the grader (which records it), else computed here."""
     if _wire.judge_address() and answer is not None and answer is not Ellipsis and normalize(answer):
         try:
             header, _ = _wire.request({"op": "answer", "question": str(question_id), "answer": normalize(answer),
                                        "shown": str(answer).strip()[:200]})
         except (OSError, ValueError) as error:
             raise AssertionError(f"{question_id}: the grader's judge cannot be reached ({error}); no verdict.") from None
-        passed, text = bool(header.get("passed")), str(header.get("message", ""))
-    else:
-        passed, text = verdict(question_id, answer)
+        return bool(header.get("passed")), str(header.get("message", ""))
+    return verdict(question_id, answer)
+
+
+def multiple_choice(question_id: str, answer) -> None:
+    """Check an answer: prints the explanation when right; raises AssertionError with a hint (never the answer) when wrong.
+    Under the grader the judge gives the verdict (and records it); the answer travels normalized."""
+    passed, text = _judged(question_id, answer)
     if not passed:
         raise AssertionError(text)
     print(text)
+
+
+def matching_parts(question_id: str) -> list[str]:
+    """The statements of a matching question: the registry's ids ``<question_id>/<letter>``, in order."""
+    prefix = f"{question_id}/"
+    return sorted(q for q in load_registry() if q.startswith(prefix))
+
+
+def matching(question_id: str, answers) -> None:
+    """Check a matching question: every lettered statement mapped to one option, e.g. ``{"a": "RLHF", "b": "DPO"}``.
+
+    Each statement is registered as its own question ``<question_id>/<letter>`` (same hash scheme). Graded as a
+    whole: prints the explanations when every statement is right; otherwise raises AssertionError naming the
+    statements that are wrong or missing, each with its hint (never the answer). Under the grader every statement
+    goes to the judge, which records each one; the test cell passes only when all of them passed."""
+    parts = matching_parts(question_id)
+    if not parts:
+        raise LookupError(f"unknown matching question {question_id!r}")
+    if not isinstance(answers, dict):
+        raise AssertionError(f"{question_id}: not answered yet. In the answer cell above this check, set the variable it "
+                             "names to a dict from each statement's letter to your choice, and delete the raise line.")
+    given = {normalize(letter): choice for letter, choice in answers.items()}
+    wrong, explanations = [], []
+    for part in parts:
+        letter = part.rsplit("/", 1)[1]
+        passed, text = _judged(part, given.get(letter))
+        if passed:
+            explanations.append(f"({letter}) " + text.split(": correct. ", 1)[-1])
+        else:
+            reason = text.split("Hint: ", 1)[1] if "Hint: " in text else "not answered."
+            wrong.append(f"  ({letter}) {given.get(letter)!r}: {reason}")
+    if wrong:
+        raise AssertionError(f"{question_id}: {len(wrong)} of {len(parts)} statements are matched wrong or not at all:\n"
+                             + "\n".join(wrong))
+    print(f"{question_id}: correct, all {len(parts)} statements.\n" + "\n".join(explanations))
 
 
 # ------------------------------------------------------------------ the command line

@@ -47,7 +47,7 @@ from nbformat.notebooknode import NotebookNode
 from ..checks import _wire
 from ..checks._core import _code_of, code_fingerprint, encode_cases, hidden_cases, inputs_only, load_cases, reference_function
 from ..checks.exercises import EXERCISES, CheckFailed, Reply, decode_replies, judge_replies, passed_line
-from ..checks.questions import normalize
+from ..checks.questions import matching_parts, normalize
 from ..checks.questions import verdict as question_verdict
 
 HIDDEN_SEED_ENV = "ALIGNLAB_HIDDEN_SEED"      # the grader's seed, when every grader of a course must share one
@@ -292,7 +292,8 @@ _QUESTION = re.compile(r"\s*[\"']([^\"']+)[\"']")
 
 
 def requirements(source: str) -> list[tuple[str, bool]]:
-    """The checks a test cell's source calls: (check, hidden) pairs, in order ("multiple_choice:<id>" for questions)."""
+    """The checks a test cell's source calls: (check, hidden) pairs, in order ("multiple_choice:<id>" for questions,
+    one "multiple_choice:<id>/<letter>" per statement of a matching question)."""
     out = []
     for line in source.splitlines():
         if line.lstrip().startswith("#"):
@@ -303,6 +304,10 @@ def requirements(source: str) -> list[tuple[str, bool]]:
                 q = _QUESTION.match(rest)
                 if q:
                     out.append((f"multiple_choice:{q.group(1)}", False))
+            elif name == "matching":                           # one recorded answer per statement
+                q = _QUESTION.match(rest)
+                if q:
+                    out.extend((f"multiple_choice:{part}", False) for part in matching_parts(q.group(1)))
             elif name in EXERCISES or name in REPORTED:
                 out.append((name, bool(re.search(r"hidden\s*=\s*True", rest))))
     return list(dict.fromkeys(out))

@@ -504,7 +504,7 @@ def grpo_policy_loss__table(logprobs, old_logprobs, advantages, mask, clip_range
     ratio = torch.exp(logprobs - old_logprobs)
     a = advantages[:, None].expand_as(ratio)
     losses = torch.maximum(-a * ratio, -a * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
-    divide = {"sequence_mean": lambda: (losses.sum(1) / m.sum(1)).mean(),
+    divide = {"sequence_mean": lambda: (losses.sum(1) / torch.maximum(m.sum(1), torch.ones(()))).mean(),
               "token_mean": lambda: losses.sum() / m.sum(),
               "constant": lambda: losses.sum() / (m.shape[0] * m.shape[1])}
     if aggregation not in divide:

@@ -1330,6 +1330,21 @@ def grpo_policy_loss__constant_by_lengths(logprobs, old_logprobs, advantages, ma
     return losses.sum() / m.sum()
 
 
+@wrong("grpo_policy_loss", "an all-masked row divides 0 by 0")
+def grpo_policy_loss__no_clamp(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
+    if aggregation not in ("sequence_mean", "token_mean", "constant"):
+        raise ValueError(aggregation)
+    m = mask.to(logprobs.dtype)
+    ratio = torch.exp(logprobs - old_logprobs)
+    adv = advantages[:, None]
+    losses = torch.maximum(-adv * ratio, -adv * torch.clamp(ratio, 1 - clip_range, 1 + clip_range)) * m
+    if aggregation == "sequence_mean":
+        return (losses.sum(1) / m.sum(1)).mean()          # NaN when a row has no completion tokens
+    if aggregation == "token_mean":
+        return losses.sum() / m.sum()
+    return losses.sum() / (m.shape[0] * m.shape[1])
+
+
 @wrong("grpo_policy_loss", "min instead of max")
 def grpo_policy_loss__min(logprobs, old_logprobs, advantages, mask, clip_range, aggregation):
     if aggregation not in ("sequence_mean", "token_mean", "constant"):
