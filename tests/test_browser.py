@@ -44,6 +44,11 @@ def lab(tmp_path):
     """A JupyterLab server on a free port, rooted at the course (so formgrader reads its nbgrader config)."""
     _need_browser()
     port = free_port()
+    # JupyterLab 4 renders only the cells in view ("windowing"); the test reads the whole notebook's outputs,
+    # so this server renders every cell, as JupyterLab 3 did.
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                ALIGNLAB_TRACK="tiny", JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
     proc = subprocess.Popen(
@@ -51,7 +56,7 @@ def lab(tmp_path):
          "--ServerApp.ip=127.0.0.1", "--IdentityProvider.token=", "--ServerApp.password=", "--allow-root",
          f"--ServerApp.root_dir={ROOT}",
          # A fresh workspace each run: otherwise ~/.jupyter's remembered tabs reopen earlier tests' notebooks.
-         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}"],
+         f"--LabApp.workspaces_dir={tmp_path / 'workspaces'}", f"--LabApp.user_settings_dir={tmp_path / 'settings'}"],
         cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
