@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from .data import collate
 from .models import position_ids_from_mask
 from .pairs import MAX_NEW_TOKENS, PROMPT_TOKENS
-from .rollout import sample
+from .rollout import sample, sample_groups
 
 DEMO_SEED = 4                         # which reviews become demonstrations, and their prefix lengths
 SENTENCE_ENDS = (".", "!", "?")       # a completion ends after a token whose text ends with one of these
@@ -188,3 +188,30 @@ def demonstration_stats(demos: Sequence[dict]) -> dict:
     lengths = np.array([len(d["completion_ids"]) for d in demos], dtype=float)
     return {"n": len(demos), "length_mean": float(lengths.mean()), "length_std": float(lengths.std()),
             "length_quartiles": [float(q) for q in np.percentile(lengths, [25, 50, 75])]}
+
+
+# ------------------------------------------------------------ rejection sampling (best-of-n distillation)
+@torch.no_grad()
+def best_of_n_demonstrations(policy, prompt_ids_list: Sequence[Sequence[int]], n: int, score_fn: Callable,
+                             tokenizer, max_new_tokens: int = MAX_NEW_TOKENS, seed: int = 0) -> list[dict]:
+    """Rejection sampling's data: for each prompt, the best of ``n`` completions sampled from ``policy``.
+
+    ``score_fn(prompt_ids_list, completion_ids_list) -> (N,)`` scores prompt + completion pairs (a reward
+    model through ``reward_model.score_completions``, or the gold); the highest-scoring sample of each
+    prompt becomes a demonstration ``{"prompt_ids", "completion_ids", "score", "mean_score"}`` for
+    ``train_sft`` (``mean_score``: the mean over that prompt's n samples, what one sample would have
+    scored). Fine-tuning on them is expert iteration (Llama 2's rejection sampling, CS336's expert
+    iteration); sampling is seeded by ``seed``, so the same inputs give the same demonstrations.
+    """
+    generator = torch.Generator(device=next(policy.parameters()).device).manual_seed(seed)
+    demos = []
+    for part in sample_groups(policy, prompt_ids_list, n, max_new_tokens, generator=generator, tokenizer=tokenizer,
+                              decode=False):
+        completions = [list(c) for c in part.rollout.completion_ids]
+        scores = torch.as_tensor(score_fn(part.prompt_ids, completions), dtype=torch.float32).view(part.count, n)
+        best = scores.argmax(dim=1)                                                      # (count,)
+        for i in range(part.count):
+            j = i * n + int(best[i])
+            demos.append({"prompt_ids": list(part.prompt_ids[j]), "completion_ids": completions[j],
+                          "score": float(scores[i, best[i]]), "mean_score": float(scores[i].mean())})
+    return demos

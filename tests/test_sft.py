@@ -100,3 +100,25 @@ def test_the_stored_policy_still_gives_the_card_s_eos_rate(card, tok):
     stats = completion_stats(load_sft_policy(None), prompts, tok, seed=card["eval_seed"])
     assert abs(stats["eos_rate"] - card["sft"]["eos_rate"]) < 0.05
     assert abs(stats["length_mean"] - card["sft"]["length_mean"]) < 1.0
+
+
+def test_rejection_sampling_keeps_each_prompt_s_best_sample_by_the_score():
+    from alignlab import sft
+    policy, tokenizer = load_policy(TINY), load_tokenizer(TINY)
+    prompts = [p["prompt_ids"] for p in load_prompts("test", TINY)[:6]]
+    seen = []
+
+    def longest(prompt_ids, completion_ids):                       # a score we can check by hand
+        seen.append([len(c) for c in completion_ids])
+        return [float(len(c)) for c in completion_ids]
+
+    demos = sft.best_of_n_demonstrations(policy, prompts, 4, longest, tokenizer, max_new_tokens=12, seed=1)
+    lengths = [x for call in seen for x in call]
+    assert len(demos) == len(prompts) and len(lengths) == 4 * len(prompts)
+    for i, d in enumerate(demos):
+        group = lengths[4 * i: 4 * i + 4]
+        assert d["prompt_ids"] == prompts[i]
+        assert len(d["completion_ids"]) == max(group) == d["score"]
+        assert d["mean_score"] == pytest.approx(sum(group) / 4)
+    again = sft.best_of_n_demonstrations(policy, prompts, 4, longest, tokenizer, max_new_tokens=12, seed=1)
+    assert [d["completion_ids"] for d in again] == [d["completion_ids"] for d in demos]      # seeded
