@@ -344,7 +344,7 @@ def test_concatenated_pair_logps_sums_each_half_and_ignores_the_padding():
     rows = R.sequence_logprob(R.token_logprobs(logits, ids), mask)
     assert chosen.shape == rejected.shape == (2,)
     assert torch.allclose(chosen, rows[:2]) and torch.allclose(rejected, rows[2:])
-    by_hand = torch.log_softmax(logits[0, 2:4], -1)[torch.arange(2), ids[0, 3:5]].sum()   # tokens 3 and 4 of row 0
+    by_hand = torch.log_softmax(logits[0, 1:4], -1)[torch.arange(3), ids[0, 2:5]].sum()   # tokens 2-4 of row 0, from logits 1-3
     assert torch.allclose(chosen[0], by_hand)
     junk = logits.clone()
     junk[0, 5:], junk[2, 3:] = 1e4, -1e4                 # what the padding predicts never counts
