@@ -340,6 +340,37 @@ def ppo_value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Te
 
 
 # ------------------------------------------------- 05 DPO
+def concatenated_pair_logps(logits: Tensor, input_ids: Tensor, completion_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed completion log-probs of the chosen and rejected halves of a concatenated pair batch.
+
+    Shapes: logits (2B, T, V), input_ids (2B, T), completion_mask (2B, T) ->
+    (chosen_logps (B,), rejected_logps (B,)), in at least float32.
+    Conventions:
+    - rows 0..B-1 are the chosen completions and rows B..2B-1 the rejected ones of the same B pairs
+      (DPO trainers run both halves in one forward pass), right-padded to a common width T;
+    - the shift happens inside: the logits at t predict ``input_ids[:, t+1]``;
+    - the mask is aligned with ``input_ids`` (1 on completion tokens, a final EOS included; 0 on prompt
+      and padding), so the prediction at t counts when ``completion_mask[:, t+1]`` is 1;
+    - each result is the SUM over the row's completion tokens of log p(token | prefix) (not a mean);
+      a row without completion tokens gives 0; log-softmax, finite for logits in the thousands;
+      what the padding holds never changes a result.
+    Naive equivalent: ``logps = sequence_logprob(token_logprobs(logits, input_ids), completion_mask)``,
+    then ``logps[:B], logps[B:]``.
+    """
+    _expect(logits.dim() == 3 and input_ids.shape == logits.shape[:2] and completion_mask.shape == input_ids.shape
+            and logits.shape[0] % 2 == 0 and logits.shape[0] > 0,
+            f"concatenated_pair_logps: expected logits (2B, T, V), input_ids (2B, T) and completion_mask (2B, T) "
+            f"with an even number of rows, got {tuple(logits.shape)}, {tuple(input_ids.shape)} and "
+            f"{tuple(completion_mask.shape)}")
+    logits = _float(logits[:, :-1])                                   # (2B, T-1, V): the logits at t predict t+1
+    targets = input_ids[:, 1:].long().unsqueeze(-1)                  # (2B, T-1, 1)
+    token_logps = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # (2B, T-1)
+    mask = completion_mask[:, 1:] != 0                               # (2B, T-1): the mask of each target token
+    logps = torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(dim=-1)        # (2B,)
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:]                                       # (B,), (B,)
+
+
 def dpo_logits(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor,
                ref_chosen_logps: Tensor, ref_rejected_logps: Tensor) -> Tensor:
     """The DPO log-ratio difference h = (pc - rc) - (pr - rr).
@@ -485,7 +516,7 @@ __all__ = [
     "last_token_index", "pairwise_reward_loss", "best_of_n_kl",
     "reinforce_loss", "rloo_advantages", "token_entropy",
     "kl_penalized_rewards", "masked_mean", "masked_whiten", "gae_advantages", "ppo_policy_loss", "ppo_value_loss",
-    "dpo_logits", "dpo_loss", "dpo_preference_probability", "dpo_gradient_weight",
+    "concatenated_pair_logps", "dpo_logits", "dpo_loss", "dpo_preference_probability", "dpo_gradient_weight",
     "cdpo_loss", "ipo_loss", "simpo_loss", "group_relative_advantages",
     "kl_estimators", "grpo_policy_loss",
 ]

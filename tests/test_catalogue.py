@@ -147,6 +147,8 @@ def inputs(exercise):
     B, T = MASKS.shape
     ids = torch.randint(0, 11, (B, T), generator=g(1))
     four = logps()
+    masks4 = torch.cat([MASKS, torch.tensor([[0, 1, 1, 0, 0, 0, 0]])])        # two pairs: rows 0-1 chosen, 2-3 rejected
+    ids4 = torch.randint(0, 11, (4, T), generator=g(2))
     huge = [torch.tensor([3e3, -3e3], dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
             torch.zeros(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
     return {
@@ -171,6 +173,7 @@ def inputs(exercise):
         "gae_advantages": [(randn(B, T), randn(B, T, seed=1) + 1, MASKS, 1.0, 0.95), (randn(B, T), randn(B, T, seed=1), MASKS, 0.9, 0.5)],
         "ppo_policy_loss": [(randn(B, T, scale=0.3), randn(B, T, seed=1, scale=0.3), randn(B, T, seed=2), MASKS, 0.2)],
         "ppo_value_loss": [(randn(B, T), randn(B, T, seed=1), randn(B, T, seed=2), MASKS, 0.2)],
+        "concatenated_pair_logps": [(randn(4, T, 11, scale=4), ids4, masks4), (randn(4, T, 11, scale=300) + 1000, ids4, masks4)],
         "dpo_logits": [tuple(four)],
         "dpo_loss": [(*four, 0.1), (*huge, 1.0)],
         "dpo_preference_probability": [(*four, 0.1)],

@@ -333,6 +333,28 @@ def test_ppo_value_loss_takes_the_larger_error_and_halves_it():
 
 
 # ------------------------------------------------------------ 05
+def test_concatenated_pair_logps_sums_each_half_and_ignores_the_padding():
+    mask = torch.tensor([[0, 0, 1, 1, 1, 0, 0],     # chosen of pair 0: prompt, completion, padding
+                         [0, 1, 1, 1, 1, 1, 1],     # chosen of pair 1: completion to the end
+                         [0, 0, 1, 0, 0, 0, 0],     # rejected of pair 0: one token
+                         [0, 1, 1, 1, 0, 0, 0]])
+    logits = torch.randn(4, 7, 9, generator=gen(), dtype=torch.float64) * 3
+    ids = torch.randint(0, 9, (4, 7), generator=gen(1))
+    chosen, rejected = R.concatenated_pair_logps(logits, ids, mask)
+    rows = R.sequence_logprob(R.token_logprobs(logits, ids), mask)
+    assert chosen.shape == rejected.shape == (2,)
+    assert torch.allclose(chosen, rows[:2]) and torch.allclose(rejected, rows[2:])
+    by_hand = torch.log_softmax(logits[0, 1:4], -1)[torch.arange(3), ids[0, 2:5]].sum()   # tokens 2-4 of row 0, from logits 1-3
+    assert torch.allclose(chosen[0], by_hand)
+    junk = logits.clone()
+    junk[0, 5:], junk[2, 3:] = 1e4, -1e4                 # what the padding predicts never counts
+    assert torch.equal(torch.stack(R.concatenated_pair_logps(junk, ids, mask)), torch.stack((chosen, rejected)))
+    huge = R.concatenated_pair_logps((logits * 1000).float(), ids, mask)
+    assert all(torch.isfinite(x).all() and x.dtype == torch.float32 for x in huge)
+    with pytest.raises(ValueError):
+        R.concatenated_pair_logps(logits[:3], ids[:3], mask[:3])                  # an odd number of rows
+
+
 def test_dpo_logits_is_the_difference_of_log_ratios():
     pc, pr, rc, rr = (torch.tensor([v]) for v in (-10.0, -12.0, -11.0, -11.5))
     assert R.dpo_logits(pc, pr, rc, rr).item() == pytest.approx(1.5)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._core import Case, Exercise, generator, randn
+from ._core import Case, Exercise, generator, randint, randn, spans
+from .ex_basics import _extra_precision
 from .mistakes import MISTAKES
 
 FOUR = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
@@ -100,6 +101,40 @@ def _grpo_cases() -> list[Case]:
     ]
 
 
+def _concatenated_cases() -> list[Case]:
+    g = generator(408)
+
+    def case(name, pairs, T, V=11, scale=2.0, shift=0.0, dtype=torch.float32, mask_dtype=torch.long, junk=False, **kw):
+        """pairs: (prompt, chosen, rejected) lengths; rows 0..B-1 chosen, B..2B-1 rejected, right-padded to T."""
+        rows = [(p, p + c) for p, c, _ in pairs] + [(p, p + r) for p, _, r in pairs]
+        logits = randn(g, len(rows), T, V, scale=scale, shift=shift, dtype=dtype)
+        ids = randint(g, V - 1, len(rows), T)
+        for b, (_, stop) in enumerate(rows):
+            ids[b, stop:] = V - 1                                       # the pad id
+            if junk:
+                logits[b, stop:] = torch.where(torch.arange(V) % 2 == 0, 5e4, -5e4).to(dtype)   # junk after the completion
+        return Case(name, {"logits": logits, "input_ids": ids, "completion_mask": spans(T, rows, dtype=mask_dtype)}, **kw)
+
+    two = [(2, 4, 2), (3, 2, 5)]                     # prompt, chosen and rejected lengths: every row padded differently
+    uneven = [(2, 6, 1), (4, 1, 4), (1, 3, 3)]       # a completion to the last column; a completion of only its EOS
+    return [
+        case("two pairs, rows 0-1 chosen and 2-3 rejected, each padded to width 8: logits (4, 8, 11)", two, 8),
+        case("three pairs of different prompt and completion lengths: logits (6, 9, 13)",
+             [(1, 5, 3), (3, 6, 2), (2, 2, 7)], 9, V=13),
+        case("large logits (about 1000, spread 300): use log-softmax, not log(softmax)", two, 8, scale=300.0, shift=1000.0),
+        case("bfloat16 logits: compute in float32", two, 8, V=50, scale=4.0, dtype=torch.bfloat16),
+        case("gradient of chosen_logps with respect to the logits: prompt, padding and rejected rows receive none", two, 8,
+             grad=("logits",)),
+        case("a batch of one pair (2 rows), extra padding", [(3, 4, 2)], 9, hidden=True),
+        case("junk in the padding (logits of +-50000 after each completion)", two, 8, junk=True, hidden=True),
+        case("a completion up to the last column, a completion of one token", uneven, 8, hidden=True),
+        case("a bool completion mask", uneven, 8, mask_dtype=torch.bool, hidden=True),
+        case("a float completion mask", two, 8, V=17, mask_dtype=torch.float32, hidden=True),
+        case("very negative and very large logits (around -10000, spread 5000)", uneven, 8, scale=5000.0, shift=-1e4, hidden=True),
+        case("gradient, rows of uneven lengths", uneven, 8, hidden=True, grad=("logits",)),
+    ]
+
+
 def _logits_cases() -> list[Case]:
     g = generator(400)
     return [
@@ -119,6 +154,10 @@ def _detached_rewards(case: Case, outputs: tuple) -> str | None:
 
 
 EXERCISES = [
+    Exercise("concatenated_pair_logps", outputs=("chosen_logps", "rejected_logps"), build=_concatenated_cases,
+             mistakes=MISTAKES["concatenated_pair_logps"], extra=_extra_precision,
+             hint="log_softmax(logits[:, :-1]) gathered at input_ids[:, 1:], summed where completion_mask[:, 1:] is 1; "
+                  "chosen = the first half of the rows, rejected = the second."),
     Exercise("dpo_logits", build=_logits_cases,
              mistakes=MISTAKES["dpo_logits"], hint="h = (policy_chosen - ref_chosen) - (policy_rejected - ref_rejected)."),
     Exercise("dpo_loss", outputs=("loss", "chosen_rewards", "rejected_rewards"), mistakes=MISTAKES["dpo_loss"],

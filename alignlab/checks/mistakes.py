@@ -168,6 +168,30 @@ def _sft_naive(lg, ids, m, where=False):
     return -picked.sum() / w.sum()
 
 
+def _pair(lg, ids, m, weights=None, shift=True, mean=False, order="halves", lp=None):
+    """concatenated_pair_logps with a mistake: summed (or averaged) rows, split into halves (or not)."""
+    lp = _sft_logps(lg, ids, shift) if lp is None else lp
+    w = _m(m[:, 1:] if shift else m) if weights is None else weights
+    logps = (lp * w).sum(-1)                                          # (2B,)
+    if mean:
+        logps = logps / w.sum(-1)
+    B = logps.shape[0] // 2
+    if order == "swapped":
+        return logps[B:], logps[:B]
+    if order == "interleaved":
+        return logps[0::2], logps[1::2]
+    return logps[:B], logps[B:]
+
+
+def _pair_naive(lg, ids, m, where=False):
+    """log(softmax(x)) in float32: -inf where a probability underflows (nan once multiplied by a 0 of the mask)."""
+    lp = torch.log(torch.softmax(lg[:, :-1].float(), -1)).gather(-1, ids[:, 1:, None]).squeeze(-1).double()
+    w = _m(m[:, 1:])
+    logps = torch.where(w != 0, lp, torch.zeros_like(lp)).sum(-1) if where else (lp * w).sum(-1)
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:]
+
+
 LOW_PRECISION = ("computed in low precision", "Upcast to float32 first (`.float()`), then compute; bfloat16 keeps only 3 significant digits.")
 OVERFLOW = ("log(sigmoid(x)) overflow", "sigmoid underflows to 0 for very negative x and log(0) = -inf: use torch.nn.functional.logsigmoid.")
 
@@ -250,6 +274,34 @@ MISTAKES: dict[str, list[Mistake]] = {
                 lambda lg, ids, m: _sft_naive(lg, ids, m, where=True)),
         Mistake(*LOW_PRECISION, lambda lg, ids, m: -(torch.log_softmax(lg[:, :-1].bfloat16(), -1).gather(-1, ids[:, 1:, None])
                                                      .squeeze(-1).double() * _m(m[:, 1:])).sum() / _m(m[:, 1:]).sum(), loose=True),
+    ],
+    "concatenated_pair_logps": [
+        Mistake("chosen and rejected halves swapped", "Rows 0..B-1 are the chosen completions and rows B..2B-1 the rejected ones: "
+                                                      "return (logps[:B], logps[B:]).", lambda lg, ids, m: _pair(lg, ids, m, order="swapped"), output=None),
+        Mistake("halves taken as alternating rows", "The batch is two halves, not interleaved pairs: chosen = logps[:B], rejected = logps[B:] "
+                                                    "(not logps[0::2], logps[1::2]).", lambda lg, ids, m: _pair(lg, ids, m, order="interleaved"), output=None),
+        Mistake("no shift", "The logits at t predict the token at t+1: score logits[:, :-1] against input_ids[:, 1:], "
+                            "weighted by completion_mask[:, 1:].", lambda lg, ids, m: _pair(lg, ids, m, shift=False), output=None),
+        Mistake("mask not shifted", "The prediction at t is for token t+1: weight it by that token's mask, completion_mask[:, 1:] "
+                                    "(completion_mask[:, :-1] drops the last completion token and counts the last prompt token).",
+                lambda lg, ids, m: _pair(lg, ids, m, weights=_m(m[:, :-1])), output=None),
+        Mistake("prompt tokens counted", "A sequence log-prob is over the completion only: weight every token by completion_mask[:, 1:] "
+                                         "(prompt and padding get 0).",
+                lambda lg, ids, m: _pair(lg, ids, m, weights=torch.ones(m.shape[0], m.shape[1] - 1, dtype=torch.float64)), output=None),
+        Mistake("padding counted", "The right padding after a completion must not count: the half that is shorter is padded to the "
+                                   "other's width, so use completion_mask[:, 1:] itself, not 'every position after the prompt'.",
+                lambda lg, ids, m: _pair(lg, ids, m, weights=(_m(m).cumsum(-1) > 0).double()[:, 1:]), output=None),
+        Mistake("mean instead of sum", "DPO's sequence log-prob is the SUM over completion tokens; a mean is SimPO's average, "
+                                       "not what the DPO loss takes.", lambda lg, ids, m: _pair(lg, ids, m, mean=True), output=None),
+        Mistake("overflow on large logits", "log(softmax(x)) (or exp(x) / sum exp(x)) breaks for logits in the hundreds "
+                                            "(0 * -inf = nan): use torch.log_softmax, or the logit minus logsumexp.",
+                lambda lg, ids, m: _pair_naive(lg, ids, m), output=None),
+        Mistake("overflow on large logits (log of 0)", "softmax underflows to 0 for logits in the hundreds and log(0) = -inf: "
+                                                       "use torch.log_softmax, or the logit minus logsumexp.",
+                lambda lg, ids, m: _pair_naive(lg, ids, m, where=True), output=None),
+        Mistake(*LOW_PRECISION, lambda lg, ids, m: _pair(lg, ids, m, lp=torch.log_softmax(lg[:, :-1].bfloat16(), -1)
+                                                                 .gather(-1, ids[:, 1:, None]).squeeze(-1).double()),
+                output=None, loose=True),
     ],
     "last_token_index": [
         Mistake("right padding only", "mask.sum(-1) - 1 is wrong for left padding: find the position of the last 1.", lambda m: m.long().sum(-1) - 1),

@@ -345,6 +345,36 @@ def ppo_value_loss__where(values, old_values, returns, mask, clip_range):
     return 0.5 * torch.where(keep, losses, torch.zeros_like(losses)).sum() / keep.sum()
 
 
+# ============================================================ concatenated_pair_logps
+@valid("concatenated_pair_logps", "cross_entropy(reduction='none') with masked labels")
+def concatenated_pair_logps__cross_entropy(logits, input_ids, completion_mask):
+    labels = input_ids[:, 1:].masked_fill(completion_mask[:, 1:] == 0, -100)   # the target of the logits at t is token t+1
+    logits = logits[:, :-1] if logits.dtype == torch.float64 else logits[:, :-1].float()
+    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")   # (2B, T-1), 0 where ignored
+    logps = -nll.sum(-1)
+    chosen, rejected = logps.chunk(2)
+    return chosen, rejected
+
+
+@valid("concatenated_pair_logps", "gather of log_softmax, then a masked sum")
+def concatenated_pair_logps__gather(logits, input_ids, completion_mask):
+    logits = logits if logits.dtype == torch.float64 else logits.float()
+    logps = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, input_ids[:, 1:].unsqueeze(2)).squeeze(2)
+    keep = completion_mask[:, 1:].bool()
+    summed = torch.where(keep, logps, torch.zeros_like(logps)).sum(dim=1)
+    B = logits.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@valid("concatenated_pair_logps", "earlier exercises' references, then split")
+def concatenated_pair_logps__earlier(logits, input_ids, completion_mask):
+    from alignlab import reference
+    token_logps = reference.token_logprobs(logits, input_ids)                  # (2B, T-1)
+    logps = reference.sequence_logprob(token_logps, completion_mask)           # (2B,)
+    B = logps.shape[0] // 2
+    return logps[:B], logps[B:]
+
+
 # ============================================================ dpo_logits
 @valid("dpo_logits", "policy gap minus reference gap")
 def dpo_logits__gaps(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):

@@ -797,6 +797,86 @@ def ppo_value_loss__delegates(values, old_values, returns, mask, clip_range):
     return reference.ppo_value_loss(values, old_values, returns, mask, clip_range)
 
 
+# ============================================================ concatenated_pair_logps
+@wrong("concatenated_pair_logps", "chosen and rejected halves swapped")
+def concatenated_pair_logps__swapped(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (logps * completion_mask[:, 1:].float()).sum(-1)
+    B = summed.shape[0] // 2
+    return summed[B:], summed[:B]
+
+
+@wrong("concatenated_pair_logps", "halves taken as alternating rows")
+def concatenated_pair_logps__interleaved(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (logps * completion_mask[:, 1:].float()).sum(-1)
+    return summed[0::2], summed[1::2]
+
+
+@wrong("concatenated_pair_logps", "no shift")
+def concatenated_pair_logps__no_shift(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, input_ids[:, :, None]).squeeze(-1)
+    summed = (logps * completion_mask.float()).sum(-1)
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "mask not shifted")
+def concatenated_pair_logps__mask_not_shifted(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (logps * completion_mask[:, :-1].float()).sum(-1)
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "prompt tokens counted")
+def concatenated_pair_logps__prompt_counted(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = logps.sum(-1)
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "padding counted")
+def concatenated_pair_logps__padding_counted(logits, input_ids, completion_mask):
+    after_prompt = (completion_mask.long().cumsum(-1) > 0).float()      # every position from the first completion token on
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (logps * after_prompt[:, 1:]).sum(-1)
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "mean instead of sum")
+def concatenated_pair_logps__mean(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    mask = completion_mask[:, 1:].float()
+    averaged = (logps * mask).sum(-1) / mask.sum(-1)
+    B = averaged.shape[0] // 2
+    return averaged[:B], averaged[B:]
+
+
+@wrong("concatenated_pair_logps", "overflow on large logits")
+def concatenated_pair_logps__log_of_softmax(logits, input_ids, completion_mask):
+    probs = torch.softmax(logits[:, :-1].float(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (torch.log(probs) * completion_mask[:, 1:].float()).sum(-1)
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "computed in low precision")
+def concatenated_pair_logps__bfloat16(logits, input_ids, completion_mask):
+    logps = torch.log_softmax(logits[:, :-1].bfloat16(), dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+    summed = (logps * completion_mask[:, 1:].to(logps.dtype)).sum(-1).float()
+    B = summed.shape[0] // 2
+    return summed[:B], summed[B:]
+
+
+@wrong("concatenated_pair_logps", "only calls the reference")
+def concatenated_pair_logps__delegates(logits, input_ids, completion_mask):
+    from alignlab import reference
+    return reference.concatenated_pair_logps(logits, input_ids, completion_mask)
+
+
 # ============================================================ dpo_logits
 @wrong("dpo_logits", "reference missing")
 def dpo_logits__no_reference(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
