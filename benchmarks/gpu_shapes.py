@@ -224,11 +224,28 @@ def _install_probes() -> None:
     # Parts with their own batch: PPO's rollout (all rollouts at once), and the sub-calls that best-of-n and
     # online DPO make in fixed chunks (reward-model scoring, reference log-probs), so each is scaled to its size.
     for module, name, label in ((ppo, "collect_rollouts", "rollout"), (evaluation, "sample", "sample"),
-                                (best_of_n, "sample", "sample"),
-                                (best_of_n, "score_batch", "score"), (online, "sample", "sample"),
+                                (best_of_n, "score_batch", "score"),
                                 (online, "completion_logps", "reference"), (online, "score_completions", "labeller")):
         setattr(module, name, _labelled(getattr(module, name), label))
+    for module in (best_of_n, online):               # they sample through rollout.sample_groups, a generator
+        module.sample_groups = _labelled_generator(module.sample_groups, "sample")
     assert alignlab  # imported for its side effect of loading every module above
+
+
+def _labelled_generator(fn, label):
+    """``fn`` yields as it samples: each step of the iteration (the sampling) is counted under ``label``,
+    what the caller does with a yielded part (scoring it) is not."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        parts = fn(*args, **kwargs)
+        while True:
+            with part(label):
+                try:
+                    item = next(parts)
+                except StopIteration:
+                    return
+            yield item
+    return wrapper
 
 
 def _labelled(fn, label):
