@@ -127,37 +127,36 @@ def sweep_for_track(track) -> dict:
     )
 
 
+def _baseline_runs(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict,
+                   progress: Callable | None) -> dict:
+    """{method: (settings, run)} for the two baselines of ``sweep``: PPO against the gold, evaluated on
+    ``prompts[:sweep["eval_prompts"]]``, and best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``."""
+    eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
+    return {
+        "PPO": (baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
+                                  iterations=sweep["ppo_iterations"]),
+                lambda: ppo_gold_points(track, sweep["ppo_kl_coefs"], sweep["ppo_iterations"], reference, tokenizer,
+                                        gold, eval_prompts, progress=progress)),
+        "best-of-n": (baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"]),
+                      lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"])),
+    }
+
+
 def baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict, recompute: bool = False,
               progress: Callable | None = print, path: Path | None = None) -> list[dict]:
     """The frontier's two baselines for ``sweep`` (``sweep_for_track``): PPO against the gold, evaluated on
     ``prompts[:sweep["eval_prompts"]]``, and best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``;
     each stored by ``make data`` or run now (``stored_or_run``)."""
-    eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
-    ppo = baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
-                            iterations=sweep["ppo_iterations"])
-    bon = baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"])
-    return (stored_or_run(ppo, lambda: ppo_gold_points(track, sweep["ppo_kl_coefs"], sweep["ppo_iterations"], reference,
-                                                       tokenizer, gold, eval_prompts, progress=progress),
-                          recompute=recompute, path=path)
-            + stored_or_run(bon, lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"]),
-                            recompute=recompute, path=path))
+    runs = _baseline_runs(track, reference, tokenizer, gold, prompts, sweep, progress)
+    return [p for settings, run in runs.values() for p in stored_or_run(settings, run, recompute=recompute, path=path)]
 
 
 def save_baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict,
                    path: Path | None = None) -> dict:
     """Run both baselines for ``sweep`` and store their points with their settings (``scripts/build_frontier.py``)."""
     path = Path(path or BASELINES_FILE)
-    eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
-    runs = {
-        "PPO": (baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
-                                  iterations=sweep["ppo_iterations"]),
-                lambda: ppo_gold_points(track, sweep["ppo_kl_coefs"], sweep["ppo_iterations"], reference, tokenizer,
-                                        gold, eval_prompts, progress=print)),
-        "best-of-n": (baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"]),
-                      lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"])),
-    }
     stored = {}
-    for method, (settings, run) in runs.items():
+    for method, (settings, run) in _baseline_runs(track, reference, tokenizer, gold, prompts, sweep, print).items():
         start = time.perf_counter()
         points = run()
         stored[method] = {"settings": settings, "seconds": round(time.perf_counter() - start, 1), "points": points}
