@@ -1,16 +1,18 @@
 """The reward-vs-KL frontier (Figure 2 of the DPO paper): gold reward against sequence KL for several methods.
 
-Each method gives a cloud of (KL, gold) points: a DPO run per beta and a PPO run
-per KL coefficient, each evaluated several times along its trajectory (so one
-run gives several points), and best-of-n for several n (KL = log n - (n-1)/n).
+Each method gives a cloud of (KL, gold) points: a DPO run per beta, a PPO run per
+KL coefficient and a rejection-sampling run, each evaluated several times along its
+trajectory (so one run gives several points), and best-of-n for several n
+(KL = log n - (n-1)/n).
 A point is a dict ``{"method", "setting", "step", "kl", "gold"}``.
 
 >>> points = dpo_points(make_policy, reference, pairs, dpo_loss, betas=[0.1, 0.5], config=config, eval_fn=eval_fn)
 >>> points += best_of_n_points(policy, tokenizer, prompts, gold, ns=[1, 2, 4, 8, 16])
 >>> plot_frontier(points)
 
-The two baselines that run none of the learner's code (PPO against the gold, best-of-n judged by the
-gold) are the same in every run of notebook 05 on the tiny track: ``make data`` computes them once
+The three baselines that run none of the learner's code (PPO against the gold, best-of-n judged by the
+gold, rejection sampling with notebook 04's reward model) are the same in every run of notebook 05 on the
+tiny track: ``make data`` computes them once
 (``scripts/build_frontier.py``) and ``stored_or_run`` loads them while their settings and the world they
 came from are unchanged, else runs them where the notebook runs.
 """
@@ -31,16 +33,22 @@ from . import reference as ref_math
 from .best_of_n import best_of_n_curve
 from .dpo import DPOConfig, train_dpo
 from .evaluation import evaluate_policy
+from .models import frozen_copy
+from .pairs import load_prompts
 from .ppo import PPOConfig, run_ppo
 from .rewards import gold_scores
+from .reward_model import score_completions, stored_or_trained
 from .rollout import sample_groups
+from .sft import SFTConfig, best_of_n_demonstrations, train_sft
 
 BASELINES_FILE = paths.DATA_DIR / "frontier" / "baselines.json"   # written by scripts/build_frontier.py
 # The code a stored point depends on: editing any of these files makes the notebook run the baselines again.
 BASELINE_SOURCES = ("rollout.py", "evaluation.py", "ppo.py", "best_of_n.py", "frontier.py", "rewards.py",
-                    "models.py", "reference.py", "data.py", "pairs.py")
+                    "models.py", "reference.py", "data.py", "pairs.py", "sft.py", "reward_model.py")
 
-METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), "base policy": ("k", "*")}
+RS = "rejection sampling"
+METHOD_STYLE = {"DPO": ("C0", "o"), "PPO": ("C3", "s"), "best-of-n": ("C2", "^"), RS: ("C1", "D"),
+                "base policy": ("k", "*")}
 
 
 def points_from_history(method: str, setting: str, history) -> list[dict]:
@@ -114,6 +122,36 @@ def best_of_n_points(policy, tokenizer, prompts: Sequence[dict], gold, ns: Seque
             for n, g in zip(ns, curve["gold"].tolist())]
 
 
+def rejection_sampling_points(policy, tokenizer, score_fn: Callable, prompt_ids: Sequence[Sequence[int]], n: int,
+                              rounds: int, config: SFTConfig, evaluate: Callable, eval_every: int,
+                              progress: Callable | None = None) -> list[dict]:
+    """Rejection sampling (expert iteration) from ``policy``, trained in place; every evaluation is a point.
+
+    Each round samples ``n`` completions per prompt of ``prompt_ids`` from the current policy, keeps the
+    one ``score_fn(prompt_ids_list, completion_ids_list) -> (N,)`` scores highest
+    (``sft.best_of_n_demonstrations``, seeded by the round), and fine-tunes on those with the reference
+    ``sft_loss`` for ``config.steps`` steps (``sft.train_sft``), calling ``evaluate(policy) -> {"gold",
+    "kl"}`` every ``eval_every`` steps and at the end of the round. Steps count across rounds.
+    """
+    points, done = [], 0
+    for round_ in range(rounds):
+        demos = best_of_n_demonstrations(policy, prompt_ids, n, score_fn, tokenizer, seed=round_)
+
+        def on_step(step, offset=done):
+            if step % eval_every == 0 or step == config.steps:
+                result = evaluate(policy)
+                points.append({"method": RS, "setting": f"n={n}", "step": offset + step,
+                               "kl": float(result["kl"]), "gold": float(result["gold"])})
+
+        train_sft(policy, demos, replace(config, seed=config.seed + round_), ref_math.sft_loss,
+                  tokenizer.pad_token_id, progress=False, on_step=on_step)
+        done += config.steps
+        if progress is not None:
+            progress(f"rejection sampling, round {round_ + 1}: {len(demos)} demonstrations, best of {n}; gold "
+                     f"{points[-1]['gold']:.3f} at KL {points[-1]['kl']:.2f}")
+    return points
+
+
 def sweep_for_track(track) -> dict:
     """Notebook 05's frontier sweep for ``track``: extra DPO betas, PPO's KL coefficients and iterations,
     best-of-n's n and prompts, and how many held-out prompts evaluate every point."""
@@ -124,14 +162,40 @@ def sweep_for_track(track) -> dict:
         best_of_n=track.pick(cpu=[1, 2, 4, 8, 16, 32], gpu=[1, 2, 4, 8, 16, 32, 64, 128], grading=[]),
         best_of_n_prompts=track.pick(cpu=64, gpu=256, grading=16),    # n samples each: the cost grows with n
         eval_prompts=track.pick(cpu=128, gpu=256, grading=16),
+        rs_n=track.pick(cpu=8, gpu=8, grading=2),                        # rejection sampling: best of n ...
+        rs_prompts=track.pick(cpu=3000, gpu=3000, grading=8),            # ... for this many training prompts
+        rs_rounds=track.pick(cpu=3, gpu=3, grading=1),                   # sample, keep the best, fine-tune; again
+        rs_steps=track.pick(cpu=94, gpu=188, grading=2),                 # SFT steps a round (94 x 32: one pass)
+        rs_eval_every=track.pick(cpu=47, gpu=47, grading=2),
     )
+
+
+def rs_run(track, reference, tokenizer, gold, eval_prompts: Sequence[dict], sweep: dict,
+           progress: Callable | None = None) -> list[dict]:
+    """Rejection sampling as notebook 05's frontier runs it: from a trainable copy of ``reference``, best of
+    ``sweep["rs_n"]`` by notebook 04's reward model (``stored_or_trained("ppo")``) on the first
+    ``sweep["rs_prompts"]`` training prompts, ``sweep["rs_rounds"]`` rounds of ``sweep["rs_steps"]`` SFT steps
+    (``SFTConfig.for_track``'s batch, lr 3e-4, warm-up 5), evaluated on ``eval_prompts``."""
+    reward_model = stored_or_trained("ppo", track, progress=False)
+    train = [p["prompt_ids"] for p in load_prompts("train", track)[: sweep["rs_prompts"]]]
+
+    def score(prompt_ids, completion_ids):
+        return score_completions(reward_model, prompt_ids, completion_ids, tokenizer.pad_token_id)
+
+    config = SFTConfig.for_track(track, steps=sweep["rs_steps"], lr=3e-4, warmup=5)
+    policy = frozen_copy(reference).requires_grad_(True)
+    return rejection_sampling_points(policy, tokenizer, score, train, sweep["rs_n"], sweep["rs_rounds"], config,
+                                     gold_evaluator(reference, tokenizer, gold, eval_prompts),
+                                     sweep["rs_eval_every"], progress=progress)
 
 
 def _baseline_runs(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict,
                    progress: Callable | None) -> dict:
-    """{method: (settings, run)} for the two baselines of ``sweep``: PPO against the gold, evaluated on
-    ``prompts[:sweep["eval_prompts"]]``, and best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``."""
+    """{method: (settings, run)} for the three baselines of ``sweep``: PPO against the gold and rejection
+    sampling with notebook 04's reward model, both evaluated on ``prompts[:sweep["eval_prompts"]]``, and
+    best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``."""
     eval_prompts, bon_prompts = prompts[: sweep["eval_prompts"]], prompts[: sweep["best_of_n_prompts"]]
+    rs_settings = {k: sweep[k] for k in ("rs_n", "rs_prompts", "rs_rounds", "rs_steps", "rs_eval_every")}
     return {
         "PPO": (baseline_settings(track, "PPO", eval_prompts, kl_coefs=sweep["ppo_kl_coefs"],
                                   iterations=sweep["ppo_iterations"]),
@@ -139,21 +203,24 @@ def _baseline_runs(track, reference, tokenizer, gold, prompts: Sequence[dict], s
                                         gold, eval_prompts, progress=progress)),
         "best-of-n": (baseline_settings(track, "best-of-n", bon_prompts, ns=sweep["best_of_n"]),
                       lambda: best_of_n_points(reference, tokenizer, bon_prompts, gold, sweep["best_of_n"])),
+        RS: (baseline_settings(track, RS, eval_prompts, files=(paths.REWARD_MODELS_DIR / "ppo.safetensors",),
+                               **rs_settings),
+             lambda: rs_run(track, reference, tokenizer, gold, eval_prompts, sweep, progress=progress)),
     }
 
 
 def baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict, recompute: bool = False,
               progress: Callable | None = print, path: Path | None = None) -> list[dict]:
-    """The frontier's two baselines for ``sweep`` (``sweep_for_track``): PPO against the gold, evaluated on
-    ``prompts[:sweep["eval_prompts"]]``, and best-of-n by the gold on ``prompts[:sweep["best_of_n_prompts"]]``;
-    each stored by ``make data`` or run now (``stored_or_run``)."""
+    """The frontier's baselines for ``sweep`` (``sweep_for_track``, ``_baseline_runs``): PPO against the gold,
+    best-of-n by the gold and rejection sampling by notebook 04's reward model; each stored by ``make data``
+    or run now (``stored_or_run``)."""
     runs = _baseline_runs(track, reference, tokenizer, gold, prompts, sweep, progress)
     return [p for settings, run in runs.values() for p in stored_or_run(settings, run, recompute=recompute, path=path)]
 
 
 def save_baselines(track, reference, tokenizer, gold, prompts: Sequence[dict], sweep: dict,
                    path: Path | None = None) -> dict:
-    """Run both baselines for ``sweep`` and store their points with their settings (``scripts/build_frontier.py``)."""
+    """Run every baseline for ``sweep`` and store their points with their settings (``scripts/build_frontier.py``)."""
     path = Path(path or BASELINES_FILE)
     stored = {}
     for method, (settings, run) in _baseline_runs(track, reference, tokenizer, gold, prompts, sweep, print).items():
@@ -185,15 +252,16 @@ def ppo_gold_points(track, kl_coefs: Sequence[float], iterations: int, reference
     return ppo_points(kl_coefs, run, progress=progress)
 
 
-def baseline_settings(track, method: str, prompts: Sequence[dict], **settings) -> dict:
-    """What a stored baseline's points depend on: the method's settings, the prompts, the world's files, the code.
+def baseline_settings(track, method: str, prompts: Sequence[dict], files: Sequence[Path] = (), **settings) -> dict:
+    """What a stored baseline's points depend on: the method's settings, the prompts, the world's files
+    (and ``files``, e.g. a reward model's weights), the code.
 
     JSON-comparable; ``stored_or_run`` loads points only when every entry equals the stored one.
     """
     digest = hashlib.sha256()
     for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir()),
-                 *(Path(__file__).parent / name for name in BASELINE_SOURCES)):
-        digest.update(Path(path).read_bytes())
+                 *(Path(__file__).parent / name for name in BASELINE_SOURCES), *files):
+        digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
     ids = hashlib.sha256(json.dumps([list(p["prompt_ids"]) for p in prompts]).encode()).hexdigest()[:16]
     out = {"method": method, "track": track.name, "grading": bool(track.grading), "device": str(track.device), "prompts": ids,
            "world_and_code": digest.hexdigest()[:16], "torch": torch.__version__.split("+")[0]}
@@ -266,12 +334,16 @@ def plot_frontier(points: Sequence[dict], base: dict | None = None, title: str =
 
 
 def frontier_table(points: Sequence[dict]) -> str:
-    """A plain-text table of the points, sorted by method, setting and step."""
-    rows = sorted(points, key=lambda p: (p["method"], p["setting"], p["step"]))
-    lines = [f"{'method':<10} {'setting':<14} {'step':>5} {'KL':>6} {'gold':>6}"]
-    lines += [f"{p['method']:<10} {p['setting']:<14} {p['step']:>5} {p['kl']:>6.2f} {p['gold']:>6.3f}" for p in rows]
+    """A plain-text table of the points: grouped by method and setting (in the order they first appear), by step."""
+    first = {}
+    for p in points:
+        first.setdefault((p["method"], p["setting"]), len(first))
+    rows = sorted(points, key=lambda p: (first[(p["method"], p["setting"])], p["step"]))
+    width = max([len("method")] + [len(p["method"]) for p in points])
+    lines = [f"{'method':<{width}} {'setting':<14} {'step':>5} {'KL':>6} {'gold':>6}"]
+    lines += [f"{p['method']:<{width}} {p['setting']:<14} {p['step']:>5} {p['kl']:>6.2f} {p['gold']:>6.3f}" for p in rows]
     return "\n".join(lines)
 
 
-__all__ = ["points_from_history", "dpo_points", "ppo_points", "best_of_n_points", "best_points", "plot_frontier",
-           "frontier_table"]
+__all__ = ["points_from_history", "dpo_points", "ppo_points", "best_of_n_points", "rejection_sampling_points",
+           "best_points", "plot_frontier", "frontier_table"]

@@ -115,11 +115,13 @@ def _threads(n: int | None):
 
 
 def train_sft(policy, demos: Sequence[dict], cfg: SFTConfig, loss_fn: Callable, pad_id: int,
-              progress: bool = True) -> list[float]:
+              progress: bool = True, on_step: Callable[[int], None] | None = None) -> list[float]:
     """Fine-tune ``policy`` in place on ``demos`` with ``loss_fn(logits, input_ids, completion_mask) -> ()``.
 
     Batches are right-padded prompt + completion (``alignlab.data.collate``); the batch order is
     seeded with ``cfg.seed``. Returns the loss of every step; the policy is left in eval mode.
+    ``on_step(step)``, if given, is called after every optimizer step (1-based) with the policy in eval
+    mode (e.g. to evaluate it along the run); training resumes in train mode after it.
     On a CPU the loop runs with ``cfg.cpu_threads`` torch threads (default 1): the tiny model's
     operations are too small to split, and on the busy 2-core machine 10 steps took 3.6 s on one
     thread against 33.6 s on two (the second thread waits for a core), as sampling does
@@ -129,10 +131,10 @@ def train_sft(policy, demos: Sequence[dict], cfg: SFTConfig, loss_fn: Callable, 
         raise ValueError("train_sft needs at least one demonstration")
     device = next(policy.parameters()).device
     with _threads(cfg.cpu_threads if device.type == "cpu" else None):
-        return _train(policy, demos, cfg, loss_fn, pad_id, progress, device)
+        return _train(policy, demos, cfg, loss_fn, pad_id, progress, device, on_step)
 
 
-def _train(policy, demos, cfg, loss_fn, pad_id, progress, device) -> list[float]:
+def _train(policy, demos, cfg, loss_fn, pad_id, progress, device, on_step=None) -> list[float]:
     """The loop of ``train_sft`` (arguments checked)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -155,6 +157,10 @@ def _train(policy, demos, cfg, loss_fn, pad_id, progress, device) -> list[float]
         torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.max_grad_norm)
         opt.step()
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            policy.eval()
+            on_step(step + 1)
+            policy.train()
     policy.eval()
     return losses
 

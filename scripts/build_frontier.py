@@ -2,9 +2,10 @@
 
     .venv/bin/python scripts/build_frontier.py
 
-Notebook 05 puts DPO on a reward-vs-KL frontier beside two baselines that run none of the learner's
-code: PPO against the gold reward (30 iterations) and best-of-n judged by the gold. They are the same
-in every run on the tiny track, and they are most of the notebook's time, so `make data` runs them
+Notebook 05 puts DPO on a reward-vs-KL frontier beside three baselines that run none of the learner's
+code: PPO against the gold reward (30 iterations), best-of-n judged by the gold, and rejection sampling
+(best of 8 by notebook 04's reward model, fine-tuned on, three rounds). They are the same in every run on
+the tiny track, and they would be most of the notebook's time, so `make data` runs them
 here, exactly as the notebook would (``alignlab.frontier.baselines`` with the tiny track's CPU
 sweep, the notebook's held-out prompts and seeds), and stores their points with the settings, the
 world's files and the code they came from. ``frontier.stored_or_run`` loads them only while all of

@@ -93,6 +93,42 @@ def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
     assert golds[0] <= golds[1] <= golds[2] and golds[2] > golds[0]
 
 
+def test_rejection_sampling_fine_tunes_on_the_best_sample_and_evaluates_along_every_round():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab.models import load_tokenizer
+    from alignlab.paths import TINY_POLICY_DIR
+    from alignlab.sft import SFTConfig
+
+    tokenizer = load_tokenizer(TINY_POLICY_DIR)
+    torch.manual_seed(0)
+    policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
+                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+                                        bos_token_id=tokenizer.eos_token_id)).eval()
+    before = [p.detach().clone() for p in policy.parameters()]
+    scored, evaluated = [], []
+
+    def longest(prompt_ids, completion_ids):          # a "reward model" that likes long completions
+        scored.append(len(completion_ids))
+        return torch.tensor([float(len(c)) for c in completion_ids])
+
+    def evaluate(model):
+        assert model is policy and not model.training
+        evaluated.append(1)
+        return {"gold": 0.5 + 0.1 * len(evaluated), "kl": 0.3 * len(evaluated)}
+
+    prompts = [tokenizer.encode(text) for text in ("The film", "I watched", "This movie")]
+    config = SFTConfig(steps=3, batch_size=2, lr=1e-3, warmup=1)
+    points = frontier.rejection_sampling_points(policy, tokenizer, longest, prompts, n=4, rounds=2, config=config,
+                                                evaluate=evaluate, eval_every=2)
+    assert scored == [12, 12]                                      # each round: 3 prompts x 4 samples, scored once
+    assert [p["step"] for p in points] == [2, 3, 5, 6]             # every 2 steps and each round's end; steps add up
+    assert {p["method"] for p in points} == {frontier.RS} and {p["setting"] for p in points} == {"n=4"}
+    assert [p["gold"] for p in points] == pytest.approx([0.6, 0.7, 0.8, 0.9])
+    assert any(not torch.equal(a, b) for a, b in zip(before, policy.parameters()))   # trained in place
+    assert frontier.RS in frontier.METHOD_STYLE
+
+
 def test_best_of_n_points_cap_the_sequences_of_one_sampling_call(monkeypatch):
     """The gpt2 track's n = 128 for 16 prompts would sample 2,048 sequences at once: calls hold at most 1,024."""
     sizes = []
@@ -165,15 +201,13 @@ def test_the_stored_baselines_are_today_s():
     sweep = frontier.sweep_for_track(track)
     prompts = load_prompts("test", track)
     stored = frontier.load_baselines()
-    expected = {
-        "PPO": frontier.baseline_settings(track, "PPO", prompts[: sweep["eval_prompts"]],
-                                          kl_coefs=sweep["ppo_kl_coefs"], iterations=sweep["ppo_iterations"]),
-        "best-of-n": frontier.baseline_settings(track, "best-of-n", prompts[: sweep["best_of_n_prompts"]],
-                                                ns=sweep["best_of_n"]),
-    }
+    expected = {method: settings for method, (settings, _) in
+                frontier._baseline_runs(track, None, None, None, prompts, sweep, None).items()}
+    assert set(expected) == {"PPO", "best-of-n", frontier.RS}
     for method, settings in expected.items():
         assert method in stored, f"data/frontier/baselines.json has no {method}: run python scripts/build_frontier.py"
         assert stored[method]["settings"] == settings, (
             f"the stored {method} baseline is stale: run python scripts/build_frontier.py")
         assert stored[method]["points"] and all(0 <= p["gold"] <= 1 and p["kl"] >= 0 for p in stored[method]["points"])
     assert len(stored["best-of-n"]["points"]) == len(sweep["best_of_n"])
+    assert len(stored[frontier.RS]["points"]) == sweep["rs_rounds"] * sweep["rs_steps"] // sweep["rs_eval_every"]
