@@ -70,17 +70,23 @@ def test_best_points_take_the_highest_gold_within_the_kl_budget():
     assert best == {"DPO": {"method": "DPO", "kl": 8.0, "gold": 0.86}}
 
 
-def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
+def _small_policy():
+    """The course's tokenizer and a 1-layer, width-16 GPT-2 on its vocabulary (seed 0), in eval mode."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     from alignlab.models import load_tokenizer
     from alignlab.paths import TINY_POLICY_DIR
 
     tokenizer = load_tokenizer(TINY_POLICY_DIR)
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     torch.manual_seed(0)
     policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
                                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
                                         bos_token_id=tokenizer.eos_token_id)).eval()
+    return tokenizer, policy
+
+
+def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
+    tokenizer, policy = _small_policy()
 
     def gold(texts):                                   # a "reward" that likes long texts
         return torch.tensor([min(len(t), 200) / 200 for t in texts])
@@ -94,17 +100,9 @@ def test_best_of_n_points_sit_at_the_analytic_kl_and_gold_rises_with_n():
 
 
 def test_rejection_sampling_fine_tunes_on_the_best_sample_and_evaluates_along_every_round():
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from alignlab.models import load_tokenizer
-    from alignlab.paths import TINY_POLICY_DIR
     from alignlab.sft import SFTConfig
 
-    tokenizer = load_tokenizer(TINY_POLICY_DIR)
-    torch.manual_seed(0)
-    policy = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_positions=64, n_embd=16, n_layer=1, n_head=2,
-                                        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                        bos_token_id=tokenizer.eos_token_id)).eval()
+    tokenizer, policy = _small_policy()
     before = [p.detach().clone() for p in policy.parameters()]
     scored, evaluated = [], []
 
