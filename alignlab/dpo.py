@@ -137,6 +137,26 @@ def reference_logps(reference, batch: dict, average: bool = False) -> tuple[torc
     return out[0], out[1]
 
 
+@torch.no_grad()
+def implicit_rewards(policy, reference, pairs: Sequence[dict], beta: float, batch_size: int = 96,
+                     pad_id: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPO's implicit reward of each pair's two completions: beta * (log pi - log pi_ref), summed over tokens.
+
+    ``pairs``: rows of ``load_pairs``; ``reference=None`` reads their stored reference log-probs.
+    Returns (chosen (N,), rejected (N,)) float32 on the CPU, in the order of ``pairs``.
+    """
+    device = next(policy.parameters()).device
+    pad_id = pad_id if pad_id is not None else (policy.config.pad_token_id or 0)
+    chosen, rejected = [], []
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(list(pairs[i:i + batch_size]), pad_id=pad_id).items()}
+        policy_chosen, policy_rejected = pair_logps(policy, batch)                      # (B,), (B,)
+        ref_chosen, ref_rejected = reference_logps(reference, batch)                    # (B,), (B,)
+        chosen.append((beta * (policy_chosen - ref_chosen)).float().cpu())
+        rejected.append((beta * (policy_rejected - ref_rejected)).float().cpu())
+    return torch.cat(chosen), torch.cat(rejected)
+
+
 def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
     """TRL's logged statistics: mean implicit rewards, accuracy (strict >) and margin."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
@@ -224,7 +244,7 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     def measure_heldout(step):
         if not heldout_pairs or not (step % config.heldout_every == 0 or step == config.steps):
             return
-        losses, stats = [], []
+        losses, stats, chosen_sum, rejected_sum = [], [], 0.0, 0.0
         with torch.no_grad():
             for i in range(0, len(heldout_pairs), config.batch_size):
                 batch = {k: v.to(device) for k, v in collate_pairs(list(heldout_pairs[i:i + config.batch_size]),
@@ -232,8 +252,11 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
                 loss, chosen_rewards, rejected_rewards, _ = _loss_and_rewards(policy, reference, batch, loss_fn, config)
                 losses.append(loss.item() * len(chosen_rewards))
                 stats.append((chosen_rewards > rejected_rewards).float().sum().item())
+                chosen_sum += chosen_rewards.float().sum().item()
+                rejected_sum += rejected_rewards.float().sum().item()
         n = len(heldout_pairs)
-        history.heldout.append({"step": step, "loss": sum(losses) / n, "rewards/accuracies": sum(stats) / n})
+        history.heldout.append({"step": step, "loss": sum(losses) / n, "rewards/accuracies": sum(stats) / n,
+                                "rewards/chosen": chosen_sum / n, "rewards/rejected": rejected_sum / n})
 
     evaluate(0)
     measure_heldout(0)
@@ -261,5 +284,5 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
     return history
 
 
-__all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps",
+__all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps", "implicit_rewards",
            "implicit_reward_stats"]

@@ -42,6 +42,29 @@ def plot_history(history: DPOHistory, title: str = "DPO"):
     return fig
 
 
+def plot_logratios(history: DPOHistory, beta: float, title: str = "DPO"):
+    """The mean log-ratio log pi/pi_ref of the chosen and of the rejected completions along a run.
+
+    Training batches per step (``rewards/chosen`` and ``rewards/rejected`` divided by ``beta``) and, when the
+    run measured them, the held-out pairs. Below zero, the policy gives those completions less probability
+    than the reference did; both below zero is likelihood displacement.
+    """
+    fig, ax = plt.subplots(figsize=(6.4, 3.4))
+    steps = history.column("step")
+    for side, color in (("chosen", "C2"), ("rejected", "C3")):
+        ax.plot(steps, [r / beta for r in history.column(f"rewards/{side}")], lw=1, color=color, alpha=0.5,
+                label=f"{side}, training batches")
+        held = [h for h in history.heldout if f"rewards/{side}" in h]
+        if held:
+            ax.plot([h["step"] for h in held], [h[f"rewards/{side}"] / beta for h in held], "o-", ms=3, color=color,
+                    label=f"{side}, held-out pairs")
+    ax.axhline(0.0, color="grey", ls=":", label="the reference's probability")
+    ax.set(xlabel="step", ylabel="mean log pi/pi_ref (nats)", title=f"{title}: log-ratios of chosen and rejected")
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    return fig
+
+
 def beta_explorer(preference_probability_fn: Callable | None = None, gradient_weight_fn: Callable | None = None):
     """An ipywidgets slider over beta: per-pair loss and gradient weight against the log-ratio difference h.
 
@@ -76,4 +99,4 @@ def beta_explorer(preference_probability_fn: Callable | None = None, gradient_we
     return widgets.interactive(show, beta=slider)
 
 
-__all__ = ["plot_history", "beta_explorer"]
+__all__ = ["plot_history", "plot_logratios", "beta_explorer"]

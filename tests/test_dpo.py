@@ -297,6 +297,33 @@ def test_heldout_pairs_are_measured_without_training_on_them_and_memorization_sh
     assert "held-out pairs" in labels and "training batches" in labels
 
 
+def test_implicit_rewards_are_beta_times_the_log_ratio_and_the_heldout_log_ratios_are_logged():
+    ref_model = tiny_model(seed=3).eval()
+    train = with_stored_reference(make_pairs(8, seed=1), ref_model)
+    heldout = with_stored_reference(make_pairs(6, seed=2), ref_model)
+    policy = copy.deepcopy(ref_model)
+    zero_c, zero_r = dpo.implicit_rewards(policy.eval(), None, heldout, beta=0.5, batch_size=4, pad_id=PAD)
+    assert zero_c.shape == zero_r.shape == (6,)
+    assert torch.allclose(zero_c, torch.zeros(6), atol=1e-5) and torch.allclose(zero_r, torch.zeros(6), atol=1e-5)
+    history = dpo.train_dpo(policy, None, train, functools.partial(reference.dpo_loss, beta=0.5),
+                            config(steps=8, heldout_every=4),
+                            heldout_pairs=heldout)
+    policy.eval()
+    chosen, rejected = dpo.implicit_rewards(policy, frozen(ref_model), heldout, beta=0.5, batch_size=4, pad_id=PAD)
+    with torch.no_grad():                                   # one pair at a time, by hand
+        for i, row in enumerate(heldout):
+            c, r = dpo.pair_logps(policy, collate_pairs([row], pad_id=PAD))
+            assert chosen[i].item() == pytest.approx(0.5 * (c.item() - row["ref_chosen_logps"]), abs=1e-4)
+            assert rejected[i].item() == pytest.approx(0.5 * (r.item() - row["ref_rejected_logps"]), abs=1e-4)
+    last = history.heldout[-1]
+    assert last["rewards/chosen"] == pytest.approx(chosen.mean().item(), abs=1e-4)
+    assert last["rewards/rejected"] == pytest.approx(rejected.mean().item(), abs=1e-4)
+    assert (chosen > rejected).float().mean().item() == pytest.approx(last["rewards/accuracies"])
+    fig = dpo_plots.plot_logratios(history, beta=0.5)
+    labels = fig.axes[0].get_legend_handles_labels()[1]
+    assert {"chosen, held-out pairs", "rejected, held-out pairs", "chosen, training batches"} <= set(labels)
+
+
 def test_for_track_is_notebook_04s_recipe():
     tiny = dpo.DPOConfig.for_track(Track("tiny", "x", "cpu", False, ""))
     assert (tiny.beta, tiny.lr, tiny.batch_size, tiny.steps, tiny.decay, tiny.group_by_prompt) == \
