@@ -134,6 +134,38 @@ def test_pair_logps_runs_a_completion_shared_by_several_pairs_once_with_the_same
         assert torch.allclose(got, want, atol=1e-5)
 
 
+class ShapeRecorder(CountingModel):
+    """Also records the (rows, columns) of every call."""
+
+    def forward(self, input_ids, **kwargs):
+        self.shapes = getattr(self, "shapes", []) + [tuple(input_ids.shape)]
+        return super().forward(input_ids, **kwargs)
+
+
+def test_pair_logps_runs_short_and_long_rows_as_two_cut_buckets_with_the_same_values_and_gradients(monkeypatch):
+    g = torch.Generator().manual_seed(5)
+    rows = [{"prompt_ids": torch.randint(7, VOCAB, (3,), generator=g).tolist(),
+             "chosen_ids": [GOOD] * (2 if i % 2 else 20), "rejected_ids": [BAD] * (1 if i < 4 else 18)}
+            for i in range(8)]                                          # lengths 4-23 tokens: half the slots padding
+    batch = collate_pairs(rows, pad_id=PAD)
+    model = tiny_model().eval()
+    recorder = ShapeRecorder(model)
+    chosen, rejected = dpo.pair_logps(recorder, batch)
+    assert len(recorder.shapes) > 1 and max(w for _, w in recorder.shapes) == 23 and min(w for _, w in recorder.shapes) < 23
+    (chosen - 2 * rejected).sum().backward()
+    bucketed = [q.grad.clone() for q in model.parameters()]
+
+    model.zero_grad()
+    monkeypatch.setattr(dpo, "BUCKET_MIN_SAVING", 1.0)                  # never split: one padded call
+    whole = ShapeRecorder(model)
+    expected_c, expected_r = dpo.pair_logps(whole, batch)
+    assert len(whole.shapes) == 1
+    assert torch.allclose(chosen, expected_c, atol=1e-5) and torch.allclose(rejected, expected_r, atol=1e-5)
+    (expected_c - 2 * expected_r).sum().backward()
+    for got, want in zip(bucketed, (q.grad for q in model.parameters())):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_visit_order_is_one_shuffled_epoch_and_keeps_a_prompts_pairs_together_when_grouped():
     rows = grouped_pairs(5)
     flat, grouped = dpo.visit_order(rows, seed=1), dpo.visit_order(rows, seed=1, group_by_prompt=True)
