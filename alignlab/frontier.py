@@ -154,7 +154,8 @@ def rejection_sampling_points(policy, tokenizer, score_fn: Callable, prompt_ids:
 
 def sweep_for_track(track) -> dict:
     """Notebook 05's frontier sweep for ``track``: extra DPO betas, PPO's KL coefficients and iterations,
-    best-of-n's n and prompts, and how many held-out prompts evaluate every point."""
+    best-of-n's n and prompts, rejection sampling's n, prompts, rounds, SFT steps a round and evaluation
+    cadence, and how many held-out prompts evaluate every point."""
     return dict(
         dpo_betas=track.pick(cpu=[], gpu=[0.05, 0.25, 0.5], grading=[]),      # besides the main run's beta
         ppo_kl_coefs=track.pick(cpu=[0.02], gpu=[0.01, 0.02, 0.05, 0.1], grading=[]),   # the gold is in [0, 1]
