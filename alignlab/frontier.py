@@ -179,10 +179,7 @@ def rs_run(track, reference, tokenizer, gold, eval_prompts: Sequence[dict], swee
     (``SFTConfig.for_track``'s batch, lr 3e-4, warm-up 5), evaluated on ``eval_prompts``."""
     reward_model = stored_or_trained("ppo", track, progress=False)
     train = [p["prompt_ids"] for p in load_prompts("train", track)[: sweep["rs_prompts"]]]
-
-    def score(prompt_ids, completion_ids):
-        return score_completions(reward_model, prompt_ids, completion_ids, tokenizer.pad_token_id)
-
+    score = functools.partial(score_completions, reward_model, pad_id=tokenizer.pad_token_id)
     config = SFTConfig.for_track(track, steps=sweep["rs_steps"], lr=3e-4, warmup=5)
     policy = frozen_copy(reference).requires_grad_(True)
     return rejection_sampling_points(policy, tokenizer, score, train, sweep["rs_n"], sweep["rs_rounds"], config,

@@ -362,9 +362,7 @@ def concatenated_pair_logps(logits: Tensor, input_ids: Tensor, completion_mask: 
             f"concatenated_pair_logps: expected logits (2B, T, V), input_ids (2B, T) and completion_mask (2B, T) "
             f"with an even number of rows, got {tuple(logits.shape)}, {tuple(input_ids.shape)} and "
             f"{tuple(completion_mask.shape)}")
-    logits = _float(logits[:, :-1])                                   # (2B, T-1, V): the logits at t predict t+1
-    targets = input_ids[:, 1:].long().unsqueeze(-1)                  # (2B, T-1, 1)
-    token_logps = logits.gather(-1, targets).squeeze(-1) - torch.logsumexp(logits, dim=-1)   # (2B, T-1)
+    token_logps = token_logprobs(logits, input_ids)                   # (2B, T-1): the logits at t predict t+1
     mask = completion_mask[:, 1:] != 0                               # (2B, T-1): the mask of each target token
     logps = torch.where(mask, token_logps, torch.zeros_like(token_logps)).sum(dim=-1)        # (2B,)
     B = logps.shape[0] // 2
