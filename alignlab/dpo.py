@@ -182,6 +182,37 @@ def implicit_rewards(policy, reference, pairs: Sequence[dict], beta: float, batc
     return torch.cat(chosen), torch.cat(rejected)
 
 
+@torch.no_grad()
+def eos_logratios(policy, reference, pairs: Sequence[dict], eos_id: int, pad_id: int, batch_size: int = 96) -> dict:
+    """Where a policy moved away from its reference on the pairs' completions: the mean per-token log-ratio
+    log pi(x_t | x_<t) - log pi_ref(x_t | x_<t) at the completions' final EOS and at their other tokens.
+
+    ``pairs``: rows of ``load_pairs`` (both models are run; the stored reference log-probs are sums, not per token).
+    Returns ``{"chosen": {"eos": mean, "other": mean, "eos_tokens": count}, "rejected": {...}}``: floats in nats.
+    A completion cut at the budget has no EOS and adds only to "other".
+    """
+    device = next(policy.parameters()).device
+    sums = {side: {"eos": 0.0, "other": 0.0, "eos_tokens": 0, "other_tokens": 0} for side in ("chosen", "rejected")}
+    for i in range(0, len(pairs), batch_size):
+        batch = {k: v.to(device) for k, v in collate_pairs(list(pairs[i:i + batch_size]), pad_id=pad_id).items()}
+        for side in ("chosen", "rejected"):
+            ids, attention = batch[f"{side}_input_ids"], batch[f"{side}_attention_mask"]      # (B, T)
+            positions = position_ids_from_mask(attention)
+            ratio = (ref_math.token_logprobs(policy(input_ids=ids, attention_mask=attention,
+                                                    position_ids=positions).logits, ids)
+                     - ref_math.token_logprobs(reference(input_ids=ids, attention_mask=attention,
+                                                         position_ids=positions).logits, ids))   # (B, T-1)
+            completion = batch[f"{side}_completion_mask"][:, 1:].bool()                          # (B, T-1)
+            at_eos = completion & (ids[:, 1:] == eos_id)
+            other = completion & ~at_eos
+            sums[side]["eos"] += ratio[at_eos].sum().item()
+            sums[side]["other"] += ratio[other].sum().item()
+            sums[side]["eos_tokens"] += int(at_eos.sum())
+            sums[side]["other_tokens"] += int(other.sum())
+    return {side: {"eos": s["eos"] / max(1, s["eos_tokens"]), "other": s["other"] / max(1, s["other_tokens"]),
+                   "eos_tokens": s["eos_tokens"]} for side, s in sums.items()}
+
+
 def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
     """TRL's logged statistics: mean implicit rewards, accuracy (strict >) and margin."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()

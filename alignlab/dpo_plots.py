@@ -12,9 +12,11 @@ from .dpo import DPOHistory
 
 
 def plot_history(history: DPOHistory, title: str = "DPO"):
-    """Loss, implicit-reward accuracy and margin per step (and on held-out pairs); gold reward and KL per evaluation."""
+    """Loss, implicit-reward accuracy and margin per step (and on held-out pairs); gold reward and KL per evaluation;
+    the mean completion length per evaluation when the evaluations measured it (``evaluate_policy``'s ``length``)."""
     steps = history.column("step")
-    panels = 3 if history.evals else 2
+    with_length = bool(history.evals) and all("length" in e for e in history.evals)
+    panels = (3 if history.evals else 2) + with_length
     fig, axes = plt.subplots(1, panels, figsize=(4.2 * panels, 3.2))
     axes[0].plot(steps, history.column("loss"), lw=1, label="training batches")
     axes[0].axhline(math.log(2), color="grey", ls=":", label="ln 2 (policy = reference)")
@@ -38,6 +40,12 @@ def plot_history(history: DPOHistory, title: str = "DPO"):
         kl.plot([e["step"] for e in ev], [e["kl"] for e in ev], "s--", color="C3", label="KL")
         axes[2].set(xlabel="step", ylabel="gold reward", title="gold reward and sequence KL")
         kl.set_ylabel("sequence KL (nats)", color="C3")
+    if with_length:
+        ev = history.evals
+        axes[3].plot([e["step"] for e in ev], [e["length"] for e in ev], "o-", color="C4")
+        axes[3].axhline(ev[0]["length"], color="grey", ls=":", label="before training")
+        axes[3].set(xlabel="step", ylabel="mean completion length (tokens)", title="length of the policy's samples")
+        axes[3].legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -33,7 +33,7 @@ from . import reference as ref_math
 from .best_of_n import best_of_n_curve
 from .dpo import DPOConfig, train_dpo
 from .evaluation import evaluate_policy
-from .models import frozen_copy
+from .models import SFT_WEIGHTS, frozen_copy
 from .pairs import load_prompts
 from .ppo import PPOConfig, run_ppo
 from .rewards import gold_scores
@@ -257,7 +257,8 @@ def baseline_settings(track, method: str, prompts: Sequence[dict], files: Sequen
     JSON-comparable; ``stored_or_run`` loads points only when every entry equals the stored one.
     """
     digest = hashlib.sha256()
-    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir()),
+    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.SFT_DIR / SFT_WEIGHTS, paths.PROMPTS_FILE,
+                 *sorted(paths.GOLD_DIR.iterdir()),
                  *(Path(__file__).parent / name for name in BASELINE_SOURCES), *files):
         digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
     ids = hashlib.sha256(json.dumps([list(p["prompt_ids"]) for p in prompts]).encode()).hexdigest()[:16]

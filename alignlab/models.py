@@ -2,11 +2,12 @@
 
 >>> track = select_track()
 >>> tokenizer = load_tokenizer(track)        # always has a pad token distinct from EOS
->>> policy = load_policy(track)              # GPT2LMHeadModel on track.device
+>>> base = load_policy(track)                # the pretrained GPT2LMHeadModel on track.device
+>>> policy = load_sft_policy(track)         # the SFT policy: where reward modelling, PPO and DPO start
 >>> reference = frozen_copy(policy)          # eval mode, no gradients
->>> rm = RewardModel.from_policy(track)      # GPT-2 backbone + scalar head at the last real token
->>> pv = PolicyWithValue.from_policy(track)  # forward -> (logits (B,T,V), values (B,T))
->>> pv = PolicyWithValue.from_policy(track, value_from=proxy)  # a separate value model copied from a reward model
+>>> rm = RewardModel.from_policy(policy)     # a copy of its GPT-2 backbone + scalar head at the last real token
+>>> pv = PolicyWithValue.around(policy)      # forward -> (logits (B,T,V), values (B,T))
+>>> pv = PolicyWithValue.around(policy, value_from=proxy)  # a separate value model copied from a reward model
 
 Sources: a ``Track`` (its ``policy`` field), a local folder saved with
 ``save_pretrained``, or a Hub id such as ``"gpt2"`` (the same
@@ -23,6 +24,7 @@ import contextlib
 import copy
 import math
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -158,20 +160,19 @@ def save_sft_policy(policy: nn.Module, folder: Path | None = None) -> Path:
 
 
 def load_sft_policy(track=None, device=None, folder: Path | None = None) -> nn.Module:
-    """The SFT policy: the tiny GPT-2 fine-tuned on demonstrations that end with EOS (``data/sft/``), in eval mode.
+    """The SFT policy, in eval mode: the policy that reward modelling, PPO, DPO and their relatives start from.
 
-    Tiny track (or ``track=None``) only: ``scripts/build_sft.py`` (a step of ``make data``) builds it
-    from ``data/tiny-gpt2/`` and stores float16 weights, loaded here in float32 with the base policy's
-    config and tokenizer ids. On the gpt2 track no SFT policy is built yet: this raises
-    NotImplementedError saying so (``load_policy(track)`` gives the base model;
-    ``alignlab.sft.train_sft`` fine-tunes any policy).
+    Tiny track (or ``track=None``): the tiny GPT-2 fine-tuned on demonstrations that end with EOS
+    (``data/sft/``); ``scripts/build_sft.py`` (a step of ``make data``) builds it from ``data/tiny-gpt2/``
+    and stores float16 weights, loaded here in float32 with the base policy's config and tokenizer ids.
+    Another track (gpt2): no SFT stage is built for it, so this warns and returns the track's base model
+    (``load_policy(track)``), whose completions rarely end; ``alignlab.sft.train_sft`` fine-tunes any policy.
     """
     name = getattr(track, "name", track)
     if name not in (None, "tiny"):
-        raise NotImplementedError(
-            f"The SFT policy is built for the tiny track only (data/sft/, scripts/build_sft.py); on the {name!r} "
-            "track it is not built yet. Use load_policy(track) for the base model, or fine-tune it yourself with "
-            "alignlab.sft.train_sft.")
+        warnings.warn(f"The {name!r} track has no SFT stage (data/sft/ is the tiny track's): starting from its base "
+                      f"model {getattr(track, 'policy', track)!r}, whose completions rarely end.", stacklevel=2)
+        return load_policy(track, device=device)
     weights = paths.require(Path(folder or paths.SFT_DIR) / SFT_WEIGHTS, "The SFT policy's weights")
     model = load_policy(paths.TINY_POLICY_DIR, device="cpu")
     state = {k: v.float() for k, v in load_file(str(weights)).items()}
@@ -231,9 +232,18 @@ class RewardModel(nn.Module):
         self.last_index_fn = last_index_fn or _default_last_index_fn()
 
     @classmethod
-    def from_policy(cls, track_or_path, last_index_fn=None, device=None) -> "RewardModel":
-        """Start from the policy's transformer (a copy of its weights) with a fresh head."""
-        policy = load_policy(track_or_path, device=device)
+    def from_policy(cls, policy_or_source, last_index_fn=None, device=None) -> "RewardModel":
+        """Start from a policy's transformer (a copy of its weights) with a fresh head.
+
+        ``policy_or_source``: a loaded causal LM (e.g. ``load_sft_policy(track)``; it is copied, not
+        shared), or a Track, folder or Hub id for ``load_policy`` (the base model).
+        """
+        if isinstance(policy_or_source, nn.Module):
+            policy = copy.deepcopy(policy_or_source).requires_grad_(True)
+            if device is not None:
+                policy = policy.to(device)
+        else:
+            policy = load_policy(policy_or_source, device=device)
         rm = cls(policy.transformer, last_index_fn=last_index_fn)
         return rm.to(next(policy.parameters()).device)
 

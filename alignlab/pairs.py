@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .data import check_split, load_reviews, read_pairs, stored_pairs, stored_prompts, write_pairs
-from .models import load_policy, load_tokenizer
+from .models import load_sft_policy, load_tokenizer
 from .rewards import gold_texts, load_gold
 from .rollout import sample_groups
 
@@ -116,6 +116,49 @@ def pair_stats(rows: list[dict]) -> dict:
             "mean_gold_chosen": float(gc.mean()), "mean_gold_rejected": float(gr.mean())}
 
 
+LENGTH_BINS = ((1, 5), (6, 10), (11, 15), (16, 20), (21, MAX_NEW_TOKENS))   # completion tokens, EOS counted
+
+
+def length_stats(rows: list[dict], eos_token_id: int = 0) -> dict:
+    """How the pairs' completions relate to length: the lengths, how often they end, and how the gold and the
+    annotators' labels depend on length.
+
+    Completions are counted once each (a prompt's completions appear in several pairs). ``corr_gold_length``:
+    Pearson correlation of a completion's gold score with its length; ``chosen_longer`` / ``chosen_shorter``:
+    fractions of pairs whose chosen completion is the longer / the shorter; ``gold_better_longer``: among
+    pairs of unequal length and unequal gold, how often the gold's better one is the longer;
+    ``label_longer``: the same for the annotators' label; ``gold_by_length``: mean gold of the completions
+    in each bin of ``LENGTH_BINS``.
+    """
+    seen, lengths, golds, ends = set(), [], [], []
+    for r in rows:
+        for side in ("chosen", "rejected"):
+            key = (tuple(r["prompt_ids"]), tuple(r[f"{side}_ids"]))
+            if key in seen:
+                continue
+            seen.add(key)
+            lengths.append(len(r[f"{side}_ids"]))
+            golds.append(r[f"gold_{side}"])
+            ends.append(bool(r[f"{side}_ids"]) and r[f"{side}_ids"][-1] == eos_token_id)
+    lengths, golds = np.array(lengths, dtype=float), np.array(golds, dtype=float)
+    lc = np.array([len(r["chosen_ids"]) for r in rows])
+    lr = np.array([len(r["rejected_ids"]) for r in rows])
+    gc = np.array([r["gold_chosen"] for r in rows])
+    gr = np.array([r["gold_rejected"] for r in rows])
+    both = (lc != lr) & (gc != gr)
+    bins = {f"{lo}-{hi}": (float(golds[(lengths >= lo) & (lengths <= hi)].mean())
+                           if ((lengths >= lo) & (lengths <= hi)).any() else float("nan"))
+            for lo, hi in LENGTH_BINS}
+    return {"completions": int(len(lengths)), "eos_rate": float(np.mean(ends)),
+            "length_mean": float(lengths.mean()), "length_std": float(lengths.std()),
+            "length_quartiles": [float(q) for q in np.percentile(lengths, [25, 50, 75])],
+            "corr_gold_length": float(np.corrcoef(golds, lengths)[0, 1]) if lengths.std() > 0 else float("nan"),
+            "chosen_longer": float(np.mean(lc > lr)), "chosen_shorter": float(np.mean(lc < lr)),
+            "gold_better_longer": float(np.mean((gc > gr)[both] == (lc > lr)[both])) if both.any() else float("nan"),
+            "label_longer": float(np.mean((lc > lr)[lc != lr])) if (lc != lr).any() else float("nan"),
+            "gold_by_length": bins}
+
+
 # ------------------------------------------------------------------ the gpt2 track at run time
 def is_stored_track(track) -> bool:
     """True for None or the tiny track: the embedded files apply as they are."""
@@ -188,7 +231,7 @@ def track_pairs(track, split: str, n: int | None = None, max_new_tokens: int = M
     print(f"Regenerating {n_prompts * PAIRS_PER_PROMPT} {split} pairs from {track.policy} on {track.device} "
           f"(once; cached in {path.parent})", flush=True)
     tokenizer = load_tokenizer(track)
-    policy = load_policy(track)
+    policy = load_sft_policy(track)
     with torch.random.fork_rng(devices=[]):
         rows, _ = make_pairs(policy, tokenizer, load_gold(), prompts[:n_prompts], batch_prompts=batch_prompts,
                              max_new_tokens=max_new_tokens, log=None)

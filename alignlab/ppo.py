@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from . import reference
 from .evaluation import evaluate_policy
 from .history import RunHistory
-from .models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer
+from .models import PolicyWithValue, frozen_copy, load_policy, load_sft_policy, load_tokenizer
 from .pairs import load_prompts
 from .rewards import gold_texts, load_gold
 from .rollout import sample, sample_groups, sequence_token_logprobs
@@ -353,7 +353,8 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
             tokenizer=None, evaluate: Callable[[object], dict] | None = None, progress: bool = True) -> PPOHistory:
     """Train a fresh policy with PPO and return its history (``history.evals``: iteration, gold, kl, score).
 
-    policy_source: a Track or a folder/Hub id (the starting policy; also the reference unless ``ref_model``).
+    policy_source: the starting policy, also the reference unless ``ref_model``: a Track (its SFT policy,
+        ``models.load_sft_policy``) or a folder/Hub id (the model saved there).
     reward: ``"gold"`` (PPO against the true reward, the DPO paper's PPO-GT), a RewardModel
         (normalized here so the reference's samples score 0 +- 1), or a callable on a RolloutBatch.
         A reward model (or a ``ModelReward``) also starts the value model, as in notebook 04;
@@ -367,7 +368,8 @@ def run_ppo(policy_source, reward, config: PPOConfig, fns: PPOFunctions | None =
     device = getattr(policy_source, "device", None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
-        base = load_policy(policy_source, device=device)
+        base = (load_sft_policy(policy_source, device=device) if hasattr(policy_source, "name")
+                else load_policy(policy_source, device=device))
         ref_model = ref_model if ref_model is not None else frozen_copy(base)
         track = policy_source if hasattr(policy_source, "name") else None
         prompts = load_prompts("train", track)

@@ -16,8 +16,8 @@ Stable entry points (notebook 04 and later reuse them; keep the signatures):
   (e.g. a rollout's), any padding side.
 - ``score_pairs(reward_model, pairs, tokenizer) -> (chosen (N,), rejected (N,))`` and
   ``score_completions(reward_model, prompt_ids_list, completion_ids_list, pad_id) -> (N,)`` -- rewards.
-- ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement`` -- the notebook's
-  evaluations. Best-of-n sampling against the reward model is ``alignlab.best_of_n``.
+- ``pairwise_accuracy``, ``calibration``, ``plot_calibration``, ``plot_gold_agreement``, ``length_preference``,
+  ``length_preference_report`` -- the notebook's evaluations. Best-of-n sampling against the reward model is ``alignlab.best_of_n``.
 
 Convention: a pair's reward gap is r_chosen - r_rejected; accuracy is the share of
 pairs with a strictly positive gap (ties count as wrong).
@@ -75,10 +75,11 @@ class RewardModelConfig:
 
 
 def build_reward_model(track, last_index_fn: LastIndexFn | None = None, seed: int = 0):
-    """A fresh RewardModel: the track's policy backbone, a new scalar head, read at ``last_index_fn``'s token."""
+    """A fresh RewardModel: the track's SFT policy's backbone (``models.load_sft_policy``), a new scalar head,
+    read at ``last_index_fn``'s token."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = models.RewardModel.from_policy(track, last_index_fn=last_index_fn)
+        model = models.RewardModel.from_policy(models.load_sft_policy(track), last_index_fn=last_index_fn)
     return model.to(track.device)
 
 
@@ -153,9 +154,9 @@ def ppo_reward_model_config(name: str, track) -> RewardModelConfig:
 
 
 def _fingerprint() -> str:
-    """What a stored reward model was trained from: the policy's weights and the pairs file."""
+    """What a stored reward model was trained from: the base and SFT policies' weights and the pairs file."""
     digest = hashlib.sha256()
-    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.PAIRS_FILE):
+    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.SFT_DIR / models.SFT_WEIGHTS, paths.PAIRS_FILE):
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()[:16]
 
@@ -255,6 +256,78 @@ def score_pairs(reward_model, pairs, tokenizer, batch_size: int = 128):
         chosen.append(c.float().cpu())
         rejected.append(r.float().cpu())
     return torch.cat(chosen), torch.cat(rejected)
+
+
+def length_preference(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, pairs) -> dict:
+    """How a reward model's scores of ``pairs`` (``score_pairs``) relate to the completions' lengths.
+
+    ``prefers_longer``: among pairs of unequal length, how often the longer completion scores higher;
+    ``label_longer`` and ``gold_longer``: how often the annotators' label and the gold prefer it (the
+    gold among pairs whose gold scores differ too); ``corr_score_length`` and ``corr_gold_length``:
+    Pearson correlations over the pairs' completions (each side of each pair once);
+    ``accuracy_chosen_longer`` / ``accuracy_chosen_shorter``: label accuracy on the pairs whose chosen
+    completion is the longer / the shorter one.
+    """
+    rc, rr = chosen_rewards.double(), rejected_rewards.double()
+    lc = torch.tensor([len(r["chosen_ids"]) for r in pairs], dtype=torch.float64)
+    lr = torch.tensor([len(r["rejected_ids"]) for r in pairs], dtype=torch.float64)
+    gc = torch.tensor([r["gold_chosen"] for r in pairs], dtype=torch.float64)
+    gr = torch.tensor([r["gold_rejected"] for r in pairs], dtype=torch.float64)
+    if not (len(rc) == len(rr) == len(pairs)):
+        raise ValueError(f"got {len(rc)} chosen and {len(rr)} rejected rewards for {len(pairs)} pairs: "
+                         "score the same pairs with score_pairs(reward_model, pairs, tokenizer)")
+    unequal = lc != lr
+    longer_scores_higher = torch.where(lc > lr, rc > rr, rr > rc)
+    gold_unequal = unequal & (gc != gr)
+
+    def corr(a, b):
+        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
+    return {"pairs": len(pairs), "unequal_length": int(unequal.sum()),
+            "prefers_longer": float(longer_scores_higher[unequal].double().mean()),
+            "label_longer": float((lc > lr)[unequal].double().mean()),
+            "gold_longer": float(torch.where(lc > lr, gc > gr, gr > gc)[gold_unequal].double().mean()),
+            "corr_score_length": corr(torch.cat([rc, rr]), torch.cat([lc, lr])),
+            "corr_gold_length": corr(torch.cat([gc, gr]), torch.cat([lc, lr])),
+            "accuracy_chosen_longer": float((rc > rr)[lc > lr].double().mean()),
+            "accuracy_chosen_shorter": float((rc > rr)[lc < lr].double().mean())}
+
+
+LENGTH_RATES = ("prefers_longer", "label_longer", "gold_longer", "accuracy_chosen_longer", "accuracy_chosen_shorter")
+
+
+def length_preference_report(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, pairs) -> dict:
+    """``length_preference`` with the number of pairs behind each rate and its standard error, printed.
+
+    For each rate of ``LENGTH_RATES`` adds ``n_<rate>`` (the pairs it is a share of) and ``se_<rate>``
+    = sqrt(p (1 - p) / n), which treats the pairs as independent (a prompt's pairs share completions, so
+    the true spread is somewhat larger); adds ``prompts``, the distinct prompts among ``pairs``. Prints the
+    rates with their standard errors and the two correlations, and returns the dict.
+    """
+    out = length_preference(chosen_rewards, rejected_rewards, pairs)
+    lc = torch.tensor([len(r["chosen_ids"]) for r in pairs])
+    lr = torch.tensor([len(r["rejected_ids"]) for r in pairs])
+    gold_differs = torch.tensor([r["gold_chosen"] != r["gold_rejected"] for r in pairs])
+    counts = {"prefers_longer": int((lc != lr).sum()), "label_longer": int((lc != lr).sum()),
+              "gold_longer": int(((lc != lr) & gold_differs).sum()),
+              "accuracy_chosen_longer": int((lc > lr).sum()), "accuracy_chosen_shorter": int((lc < lr).sum())}
+    for key in LENGTH_RATES:
+        n, p = counts[key], out[key]
+        out[f"n_{key}"] = n
+        out[f"se_{key}"] = math.sqrt(p * (1 - p) / n) if n else float("nan")
+    out["prompts"] = len({tuple(r["prompt_ids"]) for r in pairs})
+    labels = {"prefers_longer": "the reward model scores the longer one higher",
+              "label_longer": "the annotators' label prefers the longer one",
+              "gold_longer": "the gold prefers the longer one (gold scores differ)",
+              "accuracy_chosen_longer": "label accuracy, chosen is the longer",
+              "accuracy_chosen_shorter": "label accuracy, chosen is the shorter"}
+    print(f"{out['pairs']:,} held-out pairs from {out['prompts']:,} prompts, {out['unequal_length']:,} of unequal length")
+    for key in LENGTH_RATES:
+        print(f"  {labels[key]:<55} {out[key]:.3f} +- {out[f'se_{key}']:.3f}  ({out[f'n_{key}']:,} pairs)")
+    print(f"correlation with length (completions):  reward model score {out['corr_score_length']:+.3f},  "
+          f"gold {out['corr_gold_length']:+.3f}")
+    for key in ("prefers_longer", "label_longer", "gold_longer", "corr_score_length", "corr_gold_length"):
+        report.record(f"02_reward_model/length_{key}", round(out[key], 4))
+    return out
 
 
 @torch.no_grad()

@@ -32,7 +32,7 @@ from alignlab.config import select_track  # noqa: E402
 from alignlab.pairs import load_pairs, load_prompts  # noqa: E402
 from alignlab.dpo import DPOConfig, train_dpo  # noqa: E402
 from alignlab.evaluation import evaluate_policy  # noqa: E402
-from alignlab.models import PolicyWithValue, frozen_copy, load_policy, load_tokenizer  # noqa: E402
+from alignlab.models import PolicyWithValue, frozen_copy, load_sft_policy, load_tokenizer  # noqa: E402
 from alignlab.ppo import PPOConfig, TextReward, model_reward, normalize_reward, train_ppo  # noqa: E402
 from alignlab.reference import dpo_loss  # noqa: E402
 from alignlab.reward_model import RewardModelConfig, pairwise_accuracy, score_pairs, train_reward_model  # noqa: E402
@@ -53,7 +53,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     track = select_track("tiny")
-    tokenizer, reference, gold = load_tokenizer(track), frozen_copy(load_policy(track)), load_gold()
+    tokenizer, reference, gold = load_tokenizer(track), frozen_copy(load_sft_policy(track)), load_gold()
     train_prompts, test_prompts = load_prompts("train", track), load_prompts("test", track)
 
     def evaluate(model):
@@ -75,17 +75,17 @@ def main() -> None:
         start = time.perf_counter()
         if args.method == "dpo":
             config = DPOConfig.for_track(track, pad_token_id=tokenizer.pad_token_id, **overrides)
-            history = train_dpo(load_policy(track), None, pairs, functools.partial(dpo_loss, beta=config.beta),
+            history = train_dpo(load_sft_policy(track), None, pairs, functools.partial(dpo_loss, beta=config.beta),
                                 config, eval_fn=evaluate)
-            points = [(e["step"], e["gold"], e["kl"]) for e in history.evals]
+            points = [(e["step"], e["gold"], e["kl"], e.get("length", float("nan"))) for e in history.evals]
         else:
             config = PPOConfig.for_track(track, **overrides)
             value_from = proxy if args.method == "ppo" and args.value == "reward-model" else None
-            policy = PolicyWithValue.from_policy(track, value_from=value_from)
+            policy = PolicyWithValue.around(load_sft_policy(track), value_from=value_from)
             history = train_ppo(policy, reference, tokenizer, proxy, train_prompts, config, evaluate=evaluate,
                                 progress=False)
-            points = [(e["iteration"], e["gold"], e["kl"]) for e in history.evals]
-        trace = " | ".join(f"{step}: gold {g:.3f} KL {kl:.1f}" for step, g, kl in points)
+            points = [(e["iteration"], e["gold"], e["kl"], e.get("length", float("nan"))) for e in history.evals]
+        trace = " | ".join(f"{step}: gold {g:.3f} KL {kl:.1f} length {n:.1f}" for step, g, kl, n in points)
         print(f"{args.method} {json.dumps(overrides)} {time.perf_counter() - start:.0f} s  {trace}", flush=True)
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from alignlab import frontier, paths  # noqa: E402
 from alignlab.config import Track  # noqa: E402
-from alignlab.models import frozen_copy, load_policy, load_tokenizer  # noqa: E402
+from alignlab.models import frozen_copy, load_sft_policy, load_tokenizer  # noqa: E402
 from alignlab.pairs import load_prompts  # noqa: E402
 from alignlab.rewards import load_gold  # noqa: E402
 
@@ -29,7 +29,7 @@ from alignlab.rewards import load_gold  # noqa: E402
 def main() -> None:
     track = Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", False, "make data")
     tokenizer, gold = load_tokenizer(track), load_gold()
-    reference = frozen_copy(load_policy(track))
+    reference = frozen_copy(load_sft_policy(track))
     prompts = load_prompts("test", track)
     start = time.perf_counter()
     stored = frontier.save_baselines(track, reference, tokenizer, gold, prompts, frontier.sweep_for_track(track))

@@ -1,10 +1,10 @@
-"""Build the prompts and the labelled preference pairs from the current tiny policy and gold classifier.
+"""Build the prompts and the labelled preference pairs from the SFT policy (data/sft/) and the gold classifier.
 
     .venv/bin/python scripts/build_pairs.py [--train-prompts 3000] [--test-prompts 500] [--out data]
 
 Prompts: 2-8-token prefixes (length uniform) of IMDb reviews, "train" ones
 from training reviews, "test" ones from held-out reviews. For each prompt the
-policy samples 4 completions of at most 24 new tokens at temperature 1; every
+SFT policy samples 4 completions of at most 24 new tokens at temperature 1; every
 pair of them (6) is labelled by a simulated Bradley-Terry annotator:
 P(a preferred) = sigmoid((g_a - g_b) / ANNOTATOR_TEMPERATURE), g = gold
 P(positive) of prompt + completion. Writes prompts.jsonl, pairs.jsonl.gz and
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 from alignlab.data import write_jsonl, write_pairs  # noqa: E402
-from alignlab.models import load_policy, load_tokenizer  # noqa: E402
+from alignlab.models import load_sft_policy, load_tokenizer  # noqa: E402
 from alignlab.pairs import (ANNOTATOR_SEED, ANNOTATOR_TEMPERATURE, MAX_NEW_TOKENS, PROMPT_SEED,  # noqa: E402
                             SAMPLE_SEED, SAMPLES_PER_PROMPT, make_pairs, make_prompts, pair_stats)
 from alignlab.rewards import load_gold  # noqa: E402
@@ -38,7 +38,7 @@ def build(n_train: int = 3000, n_test: int = 500, out: Path | None = None) -> di
     out = Path(out) if out is not None else paths.DATA_DIR
     torch.manual_seed(0)
     tok = load_tokenizer(paths.TINY_POLICY_DIR)
-    policy = load_policy(paths.TINY_POLICY_DIR)
+    policy = load_sft_policy(None)                 # pairs are the SFT policy's samples (issue 22)
     gold = load_gold()
     prompts = make_prompts(tok, n_train, n_test)
     write_jsonl(out / paths.PROMPTS_FILE.name, prompts)

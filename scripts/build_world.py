@@ -110,6 +110,58 @@ Ten samples of the SFT policy (first ten test prompts in bold, seed 0; `<|endoft
 """
 
 
+def length_section() -> str:
+    """The card's section on completion length: the pairs' lengths, and how gold, labels and notebook 04's
+    reward model relate to length (empty when the pairs are not built)."""
+    from alignlab.config import Track
+    from alignlab.data import read_pairs
+    from alignlab.models import load_tokenizer
+    from alignlab.pairs import LENGTH_BINS, MAX_NEW_TOKENS, length_stats
+    from alignlab.reward_model import length_preference, load_stored, ppo_reward_model_config, score_pairs
+
+    if not paths.PAIRS_FILE.exists():
+        return ""
+    rows = read_pairs(paths.PAIRS_FILE)
+    tok = load_tokenizer(paths.TINY_POLICY_DIR)
+    by_split = {s: length_stats([r for r in rows if r["split"] == s], tok.eos_token_id) for s in ("train", "test")}
+    tr, te = by_split["train"], by_split["test"]
+    bins = " / ".join(f"{tr['gold_by_length'][f'{lo}-{hi}']:.3f}" for lo, hi in LENGTH_BINS)
+    names = " / ".join(f"{lo}-{hi}" for lo, hi in LENGTH_BINS)
+    track = Track("tiny", str(paths.TINY_POLICY_DIR), "cpu", False, "make data")
+    rm = load_stored("ppo", ppo_reward_model_config("ppo", track), track)
+    rm_rows = ""
+    if rm is not None:
+        test = [r for r in rows if r["split"] == "test"]
+        lp = length_preference(*score_pairs(rm.eval(), test, tok), test)
+        rm_rows = f"""
+Notebook 04's reward model (`reward-models/ppo`) on the {lp['pairs']:,} test pairs ({lp['unequal_length']:,} of
+unequal length): it scores the longer completion higher in **{lp['prefers_longer']:.3f}** of them, where the
+annotators' label picks the longer in {lp['label_longer']:.3f} and the gold in {lp['gold_longer']:.3f}; correlation
+of its score with length {lp['corr_score_length']:+.3f} (the gold's: {lp['corr_gold_length']:+.3f}); label accuracy
+{lp['accuracy_chosen_longer']:.3f} on pairs whose chosen completion is the longer, {lp['accuracy_chosen_shorter']:.3f} on
+those whose chosen is the shorter.
+"""
+    return f"""
+## Length (measured, not assumed)
+
+The pairs' completions are the SFT policy's samples, so most of them end (`pairs.length_stats`, each
+completion counted once):
+
+| | train | test |
+| --- | --- | --- |
+| completions | {tr['completions']:,} | {te['completions']:,} |
+| end with EOS within {MAX_NEW_TOKENS} tokens | {tr['eos_rate']:.3f} | {te['eos_rate']:.3f} |
+| length in tokens (EOS counted), mean (std) | {tr['length_mean']:.2f} ({tr['length_std']:.2f}) | {te['length_mean']:.2f} ({te['length_std']:.2f}) |
+| length quartiles 25 / 50 / 75 % | {" / ".join(f"{q:.0f}" for q in tr['length_quartiles'])} | {" / ".join(f"{q:.0f}" for q in te['length_quartiles'])} |
+| correlation of gold with length | {tr['corr_gold_length']:+.3f} | {te['corr_gold_length']:+.3f} |
+| pairs whose chosen is longer / shorter | {tr['chosen_longer']:.3f} / {tr['chosen_shorter']:.3f} | {te['chosen_longer']:.3f} / {te['chosen_shorter']:.3f} |
+| gold's better one is the longer (pairs of unequal length) | {tr['gold_better_longer']:.3f} | {te['gold_better_longer']:.3f} |
+| label picks the longer (pairs of unequal length) | {tr['label_longer']:.3f} | {te['label_longer']:.3f} |
+
+Mean gold of the train completions by length ({names} tokens): {bins}.
+{rm_rows}"""
+
+
 def write_card(path: Path = CARD) -> str:
     pm = _json(paths.TINY_POLICY_DIR / "pretrain_metrics.json")
     gm = _json(paths.GOLD_DIR / "metrics.json")
@@ -131,14 +183,14 @@ rewritten by it.
 
 | path | what |
 | --- | --- |
-| `tiny-gpt2/` | the policy (`GPT2LMHeadModel`, safetensors) and its tokenizer, Hugging Face format: `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` load it offline |
+| `tiny-gpt2/` | the pretrained base policy (`GPT2LMHeadModel`, safetensors) and its tokenizer, Hugging Face format: `AutoModelForCausalLM.from_pretrained` / `AutoTokenizer.from_pretrained` load it offline |
 | `gold/` | the gold sentiment classifier: `vocab.json` (n-gram -> column), `weights.safetensors` (idf, coef, intercept), `config.json`, `metrics.json`; no pickle |
 | `prompts.jsonl` | prompts: `split`, `prompt`, `prompt_ids`, `review` (row in the package's IMDb rows), `review_label` |
 | `pairs.jsonl.gz` | preference pairs (gzipped JSON lines), fields below |
 | `pairs_metrics.json` | the pair statistics quoted here |
 | `sft/` | the SFT policy: `model.safetensors` (float16 weights of the policy fine-tuned on demonstrations that end with EOS; the tied output layer left out) and `sft.json` (settings, demonstrations, loss curve, base-vs-SFT figures); `alignlab.models.load_sft_policy` loads it |
-| `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policy and pairs they came from; the notebook loads them only while all of that matches |
-| `frontier/baselines.json` | notebook 05's two frontier baselines that run none of the learner's code, PPO against the gold (30 iterations) and best-of-n by the gold (n up to 32, 64 prompts), computed once by `scripts/build_frontier.py` exactly as the notebook would, with their settings and a fingerprint of the world's files and the code; the notebook loads them only while all of that matches |
+| `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policies and pairs they came from (their backbone starts from the SFT policy); the notebook loads them only while all of that matches |
+| `frontier/baselines.json` | notebook 05's three frontier baselines that run none of the learner's code, PPO against the gold (30 iterations), best-of-n by the gold (n up to 32, 64 prompts) and rejection sampling (best of 8 by notebook 04's reward model on the 3,000 training prompts, one SFT pass a round, 3 rounds; seeds 0-2), computed once by `scripts/build_frontier.py` exactly as the notebook would, with their settings and a fingerprint of the world's files and the code; the notebook loads them only while all of that matches |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB before this card, of which the reward models take
 {_size_mb(paths.REWARD_MODELS_DIR):.1f} MB and the SFT policy {_size_mb(paths.SFT_DIR):.1f} MB.
@@ -164,9 +216,10 @@ GPT-2 with {cfg['n_layer']} layers, width {cfg['n_embd']}, {cfg['n_head']} heads
 review (EOS appended where the review ends within them) for {pm.get('steps', 0):,} steps of
 {pm.get('config', {}).get('batch_size', 0)} openings (AdamW, peak lr {pm.get('config', {}).get('lr', 0)}, warm-up then cosine, seed
 {pm.get('config', {}).get('seed', 0)}, fp32, {pm.get('config', {}).get('threads', 0)} thread): {pm.get('tokens_seen', 0) / 1e6:.1f}M tokens in
-{pm.get('train_seconds', 0) / 60:.1f} min ({pm.get('tokens_per_second', 0):,.0f} tokens/s on the shared build machine). It sampled
-the preference pairs below and is the reference policy of the later notebooks; the SFT policy (next
-section) is fine-tuned from it.
+{pm.get('train_seconds', 0) / 60:.1f} min ({pm.get('tokens_per_second', 0):,.0f} tokens/s on the shared build machine). The SFT policy
+(next section) is fine-tuned from it, and everything after SFT starts from the SFT policy: it sampled the
+preference pairs below, the reward models start from its weights, and it is the reference policy of PPO,
+DPO and their relatives (`alignlab.models.load_sft_policy`).
 
 - Held-out perplexity (openings of the 2,500 test reviews): **{pm.get('perplexity_heldout', float('nan')):.1f}**
 - Base policy on 256 test prompts, 24 new tokens at temperature 1: gold
@@ -193,7 +246,7 @@ numpy; a test proves it equals scikit-learn's `predict_proba`.
 
 Prompts are 2-8-token prefixes (length uniform) of IMDb reviews:
 {am.get('prompts', {}).get('train', 0):,} `train` prompts from training reviews, {am.get('prompts', {}).get('test', 0):,} `test` prompts from
-held-out reviews (evaluation uses the test prompts). For each prompt the policy
+held-out reviews (evaluation uses the test prompts). For each prompt the SFT policy
 samples {am.get('samples_per_prompt', 4)} completions of at most {am.get('max_new_tokens', 24)} new tokens at temperature 1 (EOS
 rate {am.get('eos_rate', 0):.3f}); each of the 6 pairs among them is labelled by a simulated
 Bradley-Terry annotator: P(a preferred) = sigmoid((g_a - g_b) / {am.get('annotator_temperature', 0.1)}), g = gold
@@ -213,9 +266,9 @@ Pair fields: `split`, `prompt`, `prompt_ids`, `chosen`, `chosen_ids`,
 one was sampled), `gold_chosen`, `gold_rejected` (gold P(positive) of prompt
 + completion), `p_chosen` (the true probability that an annotator prefers the
 chosen one), `ref_chosen_logp`, `ref_rejected_logp` (summed completion
-log-probs under this policy at temperature 1: DPO's reference log-probs;
+log-probs under the SFT policy at temperature 1: DPO's reference log-probs;
 `alignlab.data.read_pairs` names them `ref_chosen_logps`, `ref_rejected_logps`).
-
+{length_section()}
 ## Seeds
 
 Split 0; policy initialization and batch order {pm.get('config', {}).get('seed', 0)}; SFT demonstrations

@@ -360,3 +360,27 @@ def test_for_track_is_notebook_04s_recipe():
     tiny = dpo.DPOConfig.for_track(Track("tiny", "x", "cpu", False, ""))
     assert (tiny.beta, tiny.lr, tiny.batch_size, tiny.steps, tiny.decay, tiny.group_by_prompt) == \
         (0.15, 6e-4, 96, 300, True, True)
+
+
+def test_eos_logratios_are_zero_for_the_reference_and_single_out_a_lowered_eos():
+    EOS = 3
+    rows = [{**r, "chosen_ids": r["chosen_ids"] + [EOS], "rejected_ids": r["rejected_ids"] + ([EOS] if i % 2 else [])}
+            for i, r in enumerate(make_pairs(6))]
+    model = tiny_model().eval()
+    same = dpo.eos_logratios(model, frozen(model), rows, eos_id=EOS, pad_id=PAD, batch_size=4)
+    assert same["chosen"]["eos_tokens"] == 6 and same["rejected"]["eos_tokens"] == 3
+    assert all(abs(v) < 1e-6 for side in same.values() for k, v in side.items() if k != "eos_tokens")
+
+    class LowerEOS(torch.nn.Module):                      # the same model with the EOS logit 2 nats lower
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, **kw):
+            out = self.inner(**kw)
+            out.logits[..., EOS] -= 2.0
+            return out
+
+    moved = dpo.eos_logratios(LowerEOS(model), frozen(model), rows, eos_id=EOS, pad_id=PAD)
+    for side in ("chosen", "rejected"):
+        assert -2.0 < moved[side]["eos"] < -1.0 < 0.0 < moved[side]["other"]
