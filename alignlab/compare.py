@@ -60,6 +60,34 @@ def difference(table: Mapping[str, Sequence[Mapping]], a: str, b: str, kl: float
     return {"kl": float(kl), "diff": diff, "se": se, "inside_noise": inside}
 
 
+def points_at_kl(run: Sequence[Mapping], curve: Sequence[Mapping], z: float = 2.0) -> list[dict]:
+    """Each point of ``run`` against ``curve`` read at the point's own KL, with evaluation noise: one seed a side.
+
+    ``run`` and ``curve``: lists of ``{"kl", "gold", "se"}``, ``se`` the standard error of that gold over
+    the prompts it was measured on (NaN when missing). ``curve`` should be dense in KL (e.g. best-of-n for
+    every n): it is read by linear interpolation (``gold_at_kl``), its ``se`` too (the value for fully
+    correlated errors, an upper bound on the interpolation's). Points of ``run`` outside the curve's KL
+    range are left out (no extrapolation). Returns, per kept point in order of KL, the point's own fields
+    (e.g. its iteration) with ``"kl", "gold", "se", "curve_gold", "curve_se", "diff", "diff_se"`` and
+    ``"inside_noise"``: ``diff`` = gold - curve_gold, ``diff_se`` the two errors added in quadrature,
+    ``inside_noise`` when ``|diff| < z * diff_se`` (always, when ``diff_se`` is NaN). The noise is the
+    prompts' only: a second seed of either method is not in it.
+    """
+    ses = [{"kl": p["kl"], "gold": p.get("se", math.nan)} for p in curve]
+    out = []
+    for p in sorted(run, key=lambda p: float(p["kl"])):
+        kl = float(p["kl"])
+        curve_gold = gold_at_kl(curve, kl)
+        if math.isnan(curve_gold):
+            continue
+        se, curve_se = float(p.get("se", math.nan)), gold_at_kl(ses, kl)
+        diff, diff_se = float(p["gold"]) - curve_gold, math.sqrt(se ** 2 + curve_se ** 2)
+        out.append({**p, "kl": kl, "gold": float(p["gold"]), "se": se, "curve_gold": curve_gold, "curve_se": curve_se,
+                    "diff": diff, "diff_se": diff_se,
+                    "inside_noise": math.isnan(diff_se) or abs(diff) < z * diff_se})
+    return out
+
+
 def format_comparison(table: Mapping[str, Sequence[Mapping]]) -> str:
     """A plain-text table: one row per KL, one column per method (gold ± se, and the runs that reached it)."""
     methods = list(table)
@@ -76,4 +104,4 @@ def format_comparison(table: Mapping[str, Sequence[Mapping]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["gold_at_kl", "compare_at_kl", "difference", "format_comparison"]
+__all__ = ["gold_at_kl", "compare_at_kl", "difference", "points_at_kl", "format_comparison"]

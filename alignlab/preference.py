@@ -222,6 +222,39 @@ def completion_tokens(input_ids: torch.Tensor, token_logps: torch.Tensor, comple
 
 
 @torch.no_grad()
+def completion_logprobs(policy, rows: Sequence[dict], pad_id: int, token_logprobs_fn, sequence_logprob_fn,
+                        eos_token_id: int | None = None, batch_size: int = 128) -> dict:
+    """Both completions of each pair under the policy, scored with the given ``token_logprobs`` and ``sequence_logprob``.
+
+    Returns ``{"chosen": d, "rejected": d}``, each ``d`` a dict of (N,) CPU tensors in pair order:
+    ``"sum"`` the completion's summed log-prob log pi(y|x) (nats), ``"mean"`` its per-token mean
+    (``sequence_logprob(..., average=True)``), ``"length"`` its number of tokens (the completion mask's
+    count, a final EOS included), and ``"eos"`` the log-prob of its last token where that token is
+    ``eos_token_id``, NaN where the completion has no final EOS (all NaN when ``eos_token_id`` is None).
+    """
+    device = next(policy.parameters()).device
+    parts = {side: {k: [] for k in ("sum", "mean", "length", "eos")} for side in ("chosen", "rejected")}
+    for start in range(0, len(rows), batch_size):
+        batch = collate_pairs(list(rows[start:start + batch_size]), pad_id)
+        for side, out in parts.items():
+            ids = batch[f"{side}_input_ids"].to(device)                              # (B, T)
+            logits = policy(input_ids=ids, attention_mask=batch[f"{side}_attention_mask"].to(device)).logits
+            token_logps = token_logprobs_fn(logits, ids).cpu()                      # (B, T-1)
+            mask = batch[f"{side}_completion_mask"]                                   # (B, T)
+            length = mask[:, 1:].sum(dim=-1)                                         # (B,)
+            last = (mask[:, 1:].cumsum(dim=-1) == length[:, None]) & mask[:, 1:].bool()  # (B, T-1) last completion token
+            last_logp = (token_logps * last).sum(dim=-1).double()                  # (B,)
+            last_id = (ids.cpu()[:, 1:] * last).sum(dim=-1)                           # (B,) id of the last token
+            ends = (length > 0) & (last_id == eos_token_id) if eos_token_id is not None else torch.zeros_like(last_id).bool()
+            out["sum"].append(sequence_logprob_fn(token_logps, mask).double())
+            out["mean"].append(sequence_logprob_fn(token_logps, mask, average=True).double())
+            out["length"].append(length)
+            out["eos"].append(torch.where(ends, last_logp, torch.full_like(last_logp, float("nan"))))
+    empty = {"sum": torch.float64, "mean": torch.float64, "length": torch.long, "eos": torch.float64}
+    return {side: {k: torch.cat(v) if v else torch.zeros(0, dtype=empty[k]) for k, v in out.items()}
+            for side, out in parts.items()}
+
+
 def policy_preference_rate(policy, rows: Sequence[dict], pad_id: int, token_logprobs_fn, sequence_logprob_fn,
                            batch_size: int = 64) -> dict:
     """Share of pairs where the policy gives the chosen completion the higher log-probability (strict).
@@ -229,17 +262,26 @@ def policy_preference_rate(policy, rows: Sequence[dict], pad_id: int, token_logp
     Uses the given ``token_logprobs`` and ``sequence_logprob``; returns ``{"sum": share, "average": share}``
     for summed and per-token-averaged completion log-probs.
     """
-    device = next(policy.parameters()).device
-    wins = {"sum": 0, "average": 0}
-    for start in range(0, len(rows), batch_size):
-        batch = collate_pairs(list(rows[start:start + batch_size]), pad_id)
-        logps = {}
-        for side in ("chosen", "rejected"):
-            ids = batch[f"{side}_input_ids"].to(device)                              # (B, T)
-            logits = policy(input_ids=ids, attention_mask=batch[f"{side}_attention_mask"].to(device)).logits
-            token_logps = token_logprobs_fn(logits, ids).cpu()                      # (B, T-1)
-            mask = batch[f"{side}_completion_mask"]                                   # (B, T)
-            logps[side] = (sequence_logprob_fn(token_logps, mask), sequence_logprob_fn(token_logps, mask, average=True))
-        for k, kind in enumerate(("sum", "average")):
-            wins[kind] += int((logps["chosen"][k] > logps["rejected"][k]).sum())
-    return {kind: w / max(len(rows), 1) for kind, w in wins.items()}
+    scored = completion_logprobs(policy, rows, pad_id, token_logprobs_fn, sequence_logprob_fn, batch_size=batch_size)
+    chosen, rejected = scored["chosen"], scored["rejected"]
+    n = max(len(rows), 1)
+    return {"sum": int((chosen["sum"] > rejected["sum"]).sum()) / n,
+            "average": int((chosen["mean"] > rejected["mean"]).sum()) / n}
+
+
+def plot_logprob_vs_length(scored: dict):
+    """Summed and per-token mean log-probs of completions against their length (two panels, every completion once
+    per pair side), from the output of ``completion_logprobs``; each panel's title gives the Pearson correlation."""
+    sides = [scored["chosen"], scored["rejected"]]
+    length = torch.cat([d["length"] for d in sides]).double()                      # (2N,)
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.3))
+    for ax, key, name in zip(axes, ("sum", "mean"), ("summed log-prob  log pi(y|x)", "per-token mean log-prob")):
+        value = torch.cat([d[key] for d in sides])                                 # (2N,)
+        jitter = (torch.rand(length.shape, generator=torch.Generator().manual_seed(0)) - 0.5) * 0.4
+        ax.scatter((length + jitter).numpy(), value.numpy(), s=4, alpha=0.3)
+        corr = float(torch.corrcoef(torch.stack([length, value]))[0, 1])
+        ax.set_xlabel("completion length (tokens)")
+        ax.set_ylabel("nats")
+        ax.set_title(f"{name}\ncorrelation with length {corr:.2f}", fontsize=10)
+    fig.tight_layout()
+    return fig

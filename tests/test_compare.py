@@ -45,3 +45,16 @@ def test_the_table_prints_every_method_at_every_kl():
     table = compare.compare_at_kl({"DPO": [run((0, 0.5), (4, 0.8))], "PPO": [run((0, 0.5), (2, 0.6))]}, kls=[2, 4])
     text = compare.format_comparison(table)
     assert "DPO" in text and "PPO" in text and "not reached" in text and "0.650" in text
+
+
+def test_a_run_is_read_against_a_dense_curve_at_its_own_kl_with_the_prompts_noise():
+    curve = [{"kl": 0.0, "gold": 0.5, "se": 0.02}, {"kl": 1.0, "gold": 0.7, "se": 0.04}]
+    ppo = [{"kl": 2.0, "gold": 0.9, "se": 0.03}, {"kl": 0.5, "gold": 0.5, "se": 0.03, "it": 5}, {"kl": 0.0, "gold": 0.51}]
+    rows = compare.points_at_kl(ppo, curve)
+    assert [r["kl"] for r in rows] == [0.0, 0.5]                           # sorted; KL 2 is beyond the curve
+    at0, mid = rows
+    assert math.isnan(at0["se"]) and at0["inside_noise"]                   # no se: no claim
+    assert mid["curve_gold"] == pytest.approx(0.6) and mid["curve_se"] == pytest.approx(0.03)
+    assert mid["diff"] == pytest.approx(-0.1) and mid["diff_se"] == pytest.approx(math.sqrt(2) * 0.03)
+    assert not mid["inside_noise"] and mid["it"] == 5                      # 0.1 > 2 * 0.042; its own fields kept
+    assert compare.points_at_kl(ppo[1:2], curve, z=3.0)[0]["inside_noise"]  # 0.1 < 3 * 0.042

@@ -229,3 +229,25 @@ def test_projecting_only_the_masked_positions_changes_no_number():
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
         fast[0].sum().backward()
         assert all(p.grad is None or torch.isfinite(p.grad).all() for p in policy.parameters())
+
+
+def test_the_history_plots_draw_length_and_eos_beside_gold_and_kl():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alignlab.ppo import PPOHistory
+    from alignlab.ppo_plots import plot_ppo_history, plot_proxy_vs_gold
+    steps = [{"iteration": i, "score": 0.1 * i, "rollout_kl": 0.5 * i, "length": 14.0 - i, "clipfrac": 0.0,
+              "approx_kl": 0.0, "entropy": 3.0} for i in (1, 2)]
+    evals = [{"iteration": i, "gold": 0.5, "kl": 0.5 * i, "length": 14.0 - i, "eos_rate": 0.9} for i in (0, 2)]
+    history = PPOHistory(steps=steps, evals=evals)
+    fig = plot_ppo_history(history)
+    length_ax = fig.axes[3]
+    assert "length" in length_ax.get_title() and len(length_ax.lines) == 2
+    assert list(length_ax.lines[1].get_ydata()) == [14.0, 12.0]              # the held-out evaluations
+    assert list(fig.axes[4].lines[0].get_ydata()) == [0.9, 0.9]             # EOS rate
+    no_length = PPOHistory(steps=steps, evals=[{k: v for k, v in e.items() if k in ("iteration", "gold", "kl")}
+                                               for e in evals])
+    assert len(plot_proxy_vs_gold({"a": history, "b": no_length}).axes[3].lines) == 1   # only the run that logged it
+    plt.close("all")

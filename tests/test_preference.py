@@ -103,3 +103,57 @@ def test_annotator_temperature_is_read_back_from_the_rows():
     rows = [{"gold_chosen": float(x), "gold_rejected": float(y), "p_chosen": float(torch.sigmoid((x - y) / 0.07))}
             for x, y in zip(a, b)]
     assert preference.annotator_temperature(rows) == pytest.approx(0.07, rel=1e-6)
+
+
+class FixedLogitsPolicy(torch.nn.Module):
+    """Every position predicts the same next-token distribution softmax(z), whatever the input."""
+
+    def __init__(self, z):
+        super().__init__()
+        self.z = torch.nn.Parameter(torch.as_tensor(z, dtype=torch.float32))
+
+    def forward(self, input_ids, attention_mask=None):
+        from types import SimpleNamespace
+        return SimpleNamespace(logits=self.z.expand(*input_ids.shape, -1))
+
+
+def _token_logprobs(logits, ids):
+    return torch.log_softmax(logits[:, :-1].float(), -1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def _sequence_logprob(token_logps, mask, average=False):
+    m = mask[:, 1:].to(token_logps.dtype)
+    total = (token_logps * m).sum(-1)
+    return total / m.sum(-1) if average else total
+
+
+def test_completion_logprobs_sums_means_lengths_and_eos():
+    z = torch.tensor([2.0, 0.0, 0.0, 1.0, -1.0])                     # token 0 is EOS, token 1 the pad
+    lp = torch.log_softmax(z, -1).double()
+    rows = [{"prompt_ids": [3, 4], "chosen_ids": [2, 0], "rejected_ids": [3, 4, 2, 3]},       # ends / runs out
+            {"prompt_ids": [2], "chosen_ids": [4, 4, 3, 0], "rejected_ids": [0]}]
+    for batch_size in (1, 2):
+        out = preference.completion_logprobs(FixedLogitsPolicy(z), rows, 1, _token_logprobs, _sequence_logprob,
+                                             eos_token_id=0, batch_size=batch_size)
+        c, r = out["chosen"], out["rejected"]
+        assert c["length"].tolist() == [2, 4] and r["length"].tolist() == [4, 1]
+        expected = [lp[[2, 0]].sum(), lp[[4, 4, 3, 0]].sum()]
+        assert torch.allclose(c["sum"], torch.stack(expected), atol=1e-5)
+        assert torch.allclose(c["mean"], torch.stack(expected) / torch.tensor([2.0, 4.0], dtype=torch.float64), atol=1e-5)
+        assert torch.allclose(r["sum"], torch.stack([lp[[3, 4, 2, 3]].sum(), lp[0]]), atol=1e-5)
+        assert torch.allclose(c["eos"], torch.stack([lp[0], lp[0]]), atol=1e-5)
+        assert torch.isnan(r["eos"][0]) and float(r["eos"][1]) == pytest.approx(float(lp[0]), abs=1e-5)
+    no_eos = preference.completion_logprobs(FixedLogitsPolicy(z), rows, 1, _token_logprobs, _sequence_logprob)
+    assert torch.isnan(no_eos["chosen"]["eos"]).all()
+
+
+def test_policy_preference_rate_and_the_length_plot_read_completion_logprobs():
+    z = torch.tensor([2.0, 0.0, 0.0, 1.0, -1.0])
+    rows = [{"prompt_ids": [3], "chosen_ids": [3, 0], "rejected_ids": [3, 3, 3, 0]},          # short: higher sum
+            {"prompt_ids": [3], "chosen_ids": [2, 2, 2, 2], "rejected_ids": [3, 0]}]         # lower sum and mean
+    policy = FixedLogitsPolicy(z)
+    rates = preference.policy_preference_rate(policy, rows, 1, _token_logprobs, _sequence_logprob)
+    assert rates == {"sum": 0.5, "average": 0.5}
+    scored = preference.completion_logprobs(policy, rows, 1, _token_logprobs, _sequence_logprob, eos_token_id=0)
+    fig = preference.plot_logprob_vs_length(scored)
+    assert len(fig.axes) == 2 and "correlation" in fig.axes[0].get_title()
