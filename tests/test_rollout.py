@@ -135,11 +135,12 @@ def test_scoring_lets_gradients_flow():
     assert m.transformer.wte.weight.grad is not None
 
 
-def test_committed_pairs_reference_logps_match_the_committed_policy(tiny):
-    """The pairs' ref_*_logps were sampled from this very policy: a stale pairs file fails here."""
+def test_committed_pairs_reference_logps_match_the_committed_sft_policy(tiny):
+    """The pairs' ref_*_logps were sampled from the SFT policy: a stale pairs file fails here."""
     from alignlab.data import collate_pairs
+    from alignlab.models import load_sft_policy
     from alignlab.pairs import load_pairs
-    policy, tok = tiny
+    policy, tok = load_sft_policy(None), tiny[1]
     rows = load_pairs("test")[:16]
     b = collate_pairs(rows, pad_id=tok.pad_token_id)
     with torch.no_grad():
