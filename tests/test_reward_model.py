@@ -56,6 +56,45 @@ def test_pearson_of_a_line_is_one():
     assert reward_model.pearson(x, -x) == pytest.approx(-1.0)
 
 
+def length_pairs():
+    """Four pairs: (chosen length, rejected length, gold chosen, gold rejected, r chosen, r rejected)."""
+    rows = [(3, 1, 0.8, 0.2, 1.0, 0.0),      # longer chosen; the RM, the label and the gold prefer it
+            (1, 4, 0.6, 0.4, 0.0, 2.0),      # longer rejected; the RM prefers it, label and gold do not
+            (2, 2, 0.7, 0.3, 1.0, 0.0),      # equal lengths: in no length rate
+            (5, 2, 0.5, 0.5, 0.0, 1.0)]      # longer chosen, equal gold; the RM prefers the shorter
+    pairs = [{"prompt_ids": [i % 2], "chosen_ids": [7] * c, "rejected_ids": [8] * r, "gold_chosen": gc,
+              "gold_rejected": gr} for i, (c, r, gc, gr, _, _) in enumerate(rows)]
+    return torch.tensor([row[4] for row in rows]), torch.tensor([row[5] for row in rows]), pairs
+
+
+def test_length_preference_counts_the_longer_side_for_the_rm_the_label_and_the_gold():
+    chosen, rejected, pairs = length_pairs()
+    out = reward_model.length_preference(chosen, rejected, pairs)
+    assert (out["pairs"], out["unequal_length"]) == (4, 3)
+    assert out["prefers_longer"] == pytest.approx(2 / 3) and out["label_longer"] == pytest.approx(2 / 3)
+    assert out["gold_longer"] == pytest.approx(1 / 2)                          # the tied-gold pair is left out
+    assert out["accuracy_chosen_longer"] == pytest.approx(1 / 2) and out["accuracy_chosen_shorter"] == 0.0
+    lengths = torch.tensor([3, 1, 2, 5, 1, 4, 2, 2], dtype=torch.float64)   # every chosen, then every rejected
+    golds = torch.tensor([0.8, 0.6, 0.7, 0.5, 0.2, 0.4, 0.3, 0.5], dtype=torch.float64)
+    assert out["corr_score_length"] == pytest.approx(reward_model.pearson(torch.cat([chosen, rejected]), lengths))
+    assert out["corr_gold_length"] == pytest.approx(reward_model.pearson(golds, lengths))
+    with pytest.raises(ValueError, match="score the same pairs"):
+        reward_model.length_preference(chosen[:3], rejected[:3], pairs)
+
+
+def test_length_preference_report_adds_counts_and_standard_errors(capsys):
+    chosen, rejected, pairs = length_pairs()
+    out = reward_model.length_preference_report(chosen, rejected, pairs)
+    expected_n = {"prefers_longer": 3, "label_longer": 3, "gold_longer": 2,
+                  "accuracy_chosen_longer": 2, "accuracy_chosen_shorter": 1}
+    for key, n in expected_n.items():
+        p = out[key]
+        assert out[f"n_{key}"] == n and out[f"se_{key}"] == pytest.approx(math.sqrt(p * (1 - p) / n))
+    assert out["prompts"] == 2
+    printed = capsys.readouterr().out
+    assert "0.667 +- 0.272" in printed and "(2 pairs)" in printed and "reward model score" in printed
+
+
 # ------------------------------------------------------------------ best-of-n
 def test_best_of_n_weights_equal_brute_force_over_all_subsets():
     N, n = 6, 3
