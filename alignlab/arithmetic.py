@@ -112,8 +112,11 @@ def sample(model, problems: list[Problem], n: int = 1, temperature: float = 1.0,
     past = None
     out = []
     step_input = ids
+    attention = torch.ones_like(ids)                       # no padding: every prompt has the same 7 tokens
     for _ in range(MAX_NEW):
-        res = model(input_ids=step_input, use_cache=True, **({cache_kwarg(model): past} if past is not None else {}))
+        res = model(input_ids=step_input, attention_mask=attention, use_cache=True,
+                    **({cache_kwarg(model): past} if past is not None else {}))
+        attention = torch.cat([attention, torch.ones_like(attention[:, :1])], dim=1)
         past = cache_of(res)
         logits = restrict(res.logits[:, -1, :].float())
         if temperature == 0:
