@@ -3,7 +3,9 @@
 Parametrized over the notebooks that exist. Run time and the slowest cells are printed (`pytest -s`);
 the budget (docs/conventions.md, Budgets: 180 s each on the 2-core machine) is tracked by `make benchmarks`.
 Each run leaves the executed notebook and a line of figures (wall time, the kernel's peak memory,
-what the notebook recorded with alignlab.report.record) under build/test-artifacts/.
+what the notebook recorded with alignlab.report.record) under build/test-artifacts/. Every number with a
+decimal point in the notebook's markdown must then be printed by that run or listed with its reason in
+tests/prose_numbers.json (tests/prose_numbers.py).
 """
 from __future__ import annotations
 
@@ -23,6 +25,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from calibrate import calibration, machine_line  # noqa: E402
+
+import prose_numbers  # noqa: E402  (tests/: every number in the prose is printed by the run)
 
 SOLUTIONS = sorted(ROOT.glob("solutions/*/*.ipynb"))
 
@@ -78,6 +82,11 @@ def test_solution_notebook_runs_top_to_bottom(path, monkeypatch, tmp_path):
               for o in c.outputs if o.output_type == "error"]
     print(f"{path.stem}: {seconds:.0f} s")
     assert not errors, f"{path.stem}: cell {errors[0][0]} raised {errors[0][1]}: {errors[0][2][:500]}"
+    unprinted = prose_numbers.unprinted(nb, path.stem)
+    assert not unprinted, (
+        f"{path.stem}: numbers in markdown that no cell of this run prints (cell, number): {unprinted}. Print them "
+        "from a cell and refer to it, or list each with its reason in tests/prose_numbers.json (a paper's figure "
+        "with its section, a worked example's step, a constant)")
     repeated = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
                 for images in [[o.data["image/png"] for o in c.outputs if "data" in o and "image/png" in o.data]]
                 if len(images) != len(set(images))]
