@@ -3,9 +3,10 @@
 Offline DPO trains on pairs sampled once from the starting policy. Online DPO
 repeats a short loop: sample ``samples_per_prompt`` completions for fresh prompts
 from the *current* policy, let a labeller (a learned reward model, or the
-simulated annotators) score them, keep the best and the worst as a pair, and run
-a few DPO steps on those pairs with notebook 05's ``train_dpo``. The reference
-stays the starting policy, so the KL it reports means the same as offline DPO's.
+simulated annotators: the gold, with or without their Bradley-Terry noise)
+score them, keep the best and the worst as a pair, and run a few DPO steps
+on those pairs with notebook 05's ``train_dpo``. The reference stays the
+starting policy, so the KL it reports means the same as offline DPO's.
 
 >>> labeller = reward_model_labeller(reward_model, tokenizer.pad_token_id)
 >>> config = OnlineDPOConfig.for_track(track)
@@ -28,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .dpo import DPOConfig, completion_logps, train_dpo
 from .history import RunHistory
+from .pairs import ANNOTATOR_TEMPERATURE
 from .reward_model import score_completions
 from .rewards import gold_texts
 from .rollout import sample_groups
@@ -40,6 +42,28 @@ def gold_labeller(gold) -> Labeller:
     """Label with the gold classifier itself: the "ask the humans again" upper bound of online feedback."""
     def label(prompt_ids_list, completion_ids_list, texts):
         return torch.as_tensor(gold(list(texts)), dtype=torch.float32)                  # (N,)
+    return label
+
+
+def noisy_gold_labeller(gold, temperature: float | None = None, seed: int = 0) -> Labeller:
+    """Label like the simulated annotators who labelled the offline pairs: the gold, seen through Bradley-Terry noise.
+
+    Each completion's score is ``gold / temperature + G`` with G an independent standard Gumbel draw
+    (its own seeded generator, so a run is reproducible). For any two completions a and b,
+    ``G_a - G_b`` is standard logistic, so P(score_a > score_b) = sigmoid((g_a - g_b) / temperature):
+    exactly the annotator of ``alignlab.pairs`` (default temperature ``ANNOTATOR_TEMPERATURE``). Over a
+    group the scores rank the completions by a Plackett-Luce draw; the best-vs-worst pair of a group is
+    that ranking's first and last. Scores: (N,) float32, higher is better.
+    """
+    temperature = ANNOTATOR_TEMPERATURE if temperature is None else float(temperature)
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    generator = torch.Generator().manual_seed(seed)
+
+    def label(prompt_ids_list, completion_ids_list, texts):
+        g = torch.as_tensor(gold(list(texts)), dtype=torch.float64).cpu()               # (N,)
+        uniform = torch.rand(g.shape, generator=generator, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        return (g / temperature - torch.log(-torch.log(uniform))).float()              # (N,) gold/T + Gumbel
     return label
 
 
@@ -179,5 +203,5 @@ def train_online_dpo(policy, reference, tokenizer, prompts: Sequence, labeller: 
     return history
 
 
-__all__ = ["Labeller", "gold_labeller", "reward_model_labeller", "OnlineDPOConfig", "OnlineHistory",
+__all__ = ["Labeller", "gold_labeller", "noisy_gold_labeller", "reward_model_labeller", "OnlineDPOConfig", "OnlineHistory",
            "sample_online_pairs", "label_gold_agreement", "train_online_dpo"]

@@ -1,4 +1,5 @@
-"""Notebook 06's experiment helpers: noisy labels, loss shapes, completion lengths, and the comparison plots.
+"""Notebook 06's experiment helpers: noisy labels, loss shapes, completion lengths, length-controlled gold,
+and the comparison plots.
 
 >>> noisy = flip_labels(pairs, fraction=0.2, seed=0)        # extra annotator mistakes
 >>> label_agreement(noisy)                                   # share of pairs the gold classifier agrees with
@@ -15,6 +16,10 @@ import random
 from typing import Callable, Mapping, Sequence
 
 import torch
+
+from .pairs import LENGTH_BINS
+from .rewards import gold_scores
+from .rollout import sample
 
 
 # ------------------------------------------------------------------ pairs
@@ -184,6 +189,124 @@ def plot_lengths(lengths: Mapping[str, Sequence[float]], max_new_tokens: int, da
     return fig
 
 
+
+# ------------------------------------------------------------------ length-controlled gold
+@torch.no_grad()
+def sample_gold_lengths(policy, tokenizer, gold, prompts: Sequence[dict], max_new_tokens: int, seed: int = 0,
+                        samples_per_prompt: int = 1, batch_size: int = 128) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-completion gold scores and lengths of ``policy``'s samples: ((N,), (N,)) float32 on the CPU.
+
+    One completion per prompt per ``samples_per_prompt`` (N = len(prompts) * samples_per_prompt, each
+    prompt's samples adjacent), temperature 1, stopped at EOS or ``max_new_tokens``; length counts the
+    completion's tokens, EOS included. With one sample per prompt and the same ``seed``, ``batch_size``
+    and prompts, the samples are those of ``alignlab.evaluation.evaluate_policy``, so the mean of the
+    golds is its ``gold``. The policy's train/eval mode is restored.
+    """
+    model = getattr(policy, "policy", policy)
+    mode = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    ids = [p["prompt_ids"] for p in prompts for _ in range(samples_per_prompt)]
+    golds, lengths = [], []
+    try:
+        for i in range(0, len(ids), batch_size):
+            chunk = ids[i:i + batch_size]
+            out = sample(model, chunk, max_new_tokens, temperature=1.0, eos_id=tokenizer.eos_token_id,
+                         pad_id=tokenizer.pad_token_id, generator=generator)
+            golds.append(gold_scores(gold, tokenizer, chunk, out.completion_ids)[1])                # (B,)
+            lengths.append(out.completion_mask.sum(-1).float().cpu())                              # (B,)
+    finally:
+        model.train(mode)
+    return torch.cat(golds), torch.cat(lengths)
+
+
+def length_controlled_gold(golds, lengths, reference_lengths, bins: Sequence[tuple[int, int]] | None = None) -> dict:
+    """A policy's mean gold at the reference's length distribution, two ways, beside the raw mean.
+
+    Args:
+        golds, lengths: (N,) gold score and completion length (tokens, EOS included) of each of the
+            policy's samples (:func:`sample_gold_lengths`).
+        reference_lengths: (M,) completion lengths of the reference policy's samples.
+        bins: inclusive (lo, hi) length ranges; default ``alignlab.pairs.LENGTH_BINS``.
+
+    Returns a dict:
+        ``gold``, ``gold_se``: the raw mean gold and its standard error.
+        ``stratified``, ``stratified_se``: post-stratification. The policy's mean gold in each bin,
+            weighted by the share of the reference's samples in that bin (w_b): sum_b w_b mean_b,
+            over the bins where the policy has samples, renormalized by ``coverage``; standard error
+            sqrt(sum_b (w_b / coverage)^2 s_b^2 / n_b), s_b^2 the bin's sample variance (the pooled
+            within-bin variance for a bin with one sample).
+        ``coverage``: the share of the reference's samples whose bin the policy reached (1: every bin).
+        ``at_reference_length``, ``slope``: the least-squares line gold = a + slope * length over the
+            policy's samples, read at the reference's mean length (NaN slope, raw mean, when all
+            lengths are equal).
+        ``reference_length``, ``length``: mean lengths of the reference's and the policy's samples.
+        ``bins``: per bin "lo-hi": ``n`` (policy samples), ``share`` (of the policy's samples),
+            ``reference_share``, ``gold`` (NaN when empty).
+
+    What it controls for: a shift in how many completions of each length the policy writes. What it
+    cannot: length is not assigned at random, so a bin's mean mixes the effect of length with what
+    the policy writes at that length; within a bin, lengths can still differ; and a bin the policy
+    never reaches has no estimate (``coverage`` < 1 says so).
+    """
+    bins = LENGTH_BINS if bins is None else bins
+    g = torch.as_tensor(golds, dtype=torch.float64).flatten()                            # (N,)
+    n_len = torch.as_tensor(lengths, dtype=torch.float64).flatten()                      # (N,)
+    ref = torch.as_tensor(reference_lengths, dtype=torch.float64).flatten()              # (M,)
+    if len(g) != len(n_len) or len(g) == 0 or len(ref) == 0:
+        raise ValueError(f"need as many golds as lengths (got {len(g)} and {len(n_len)}) and at least one "
+                         f"sample of each policy (reference: {len(ref)})")
+    N = len(g)
+    raw_se = g.std().item() / math.sqrt(N) if N > 1 else math.nan
+    rows, within = {}, []
+    for lo, hi in bins:
+        in_bin = (n_len >= lo) & (n_len <= hi)
+        values = g[in_bin]
+        rows[f"{lo}-{hi}"] = {"n": int(in_bin.sum()), "share": in_bin.double().mean().item(),
+                              "reference_share": ((ref >= lo) & (ref <= hi)).double().mean().item(),
+                              "gold": values.mean().item() if len(values) else math.nan}
+        within += (values - values.mean()).tolist() if len(values) > 1 else []
+    dof = len(within) - sum(1 for r in rows.values() if r["n"] > 1)
+    pooled_var = sum(v * v for v in within) / dof if dof > 0 else math.nan
+    covered = [(key, r) for key, r in rows.items() if r["n"] > 0 and r["reference_share"] > 0]
+    coverage = sum(r["reference_share"] for _, r in covered)
+    stratified, var = 0.0, 0.0
+    for (lo, hi), (key, r) in zip(bins, rows.items()):
+        if r["n"] == 0 or r["reference_share"] == 0:
+            continue
+        w = r["reference_share"] / coverage
+        values = g[(n_len >= lo) & (n_len <= hi)]
+        s2 = values.var().item() if len(values) > 1 else pooled_var
+        stratified += w * r["gold"]
+        var += w * w * s2 / r["n"]
+    if not covered:
+        stratified = math.nan
+    ref_mean = ref.mean().item()
+    centred = n_len - n_len.mean()
+    if float((centred ** 2).sum()) > 0:
+        slope = float((centred * (g - g.mean())).sum() / (centred ** 2).sum())
+        at_ref = g.mean().item() + slope * (ref_mean - n_len.mean().item())
+    else:
+        slope, at_ref = math.nan, g.mean().item()
+    return {"gold": g.mean().item(), "gold_se": raw_se, "stratified": stratified,
+            "stratified_se": math.sqrt(var) if covered and not math.isnan(var) else math.nan,
+            "coverage": coverage, "at_reference_length": at_ref, "slope": slope,
+            "reference_length": ref_mean, "length": n_len.mean().item(), "bins": rows}
+
+
+def evaluation_difference(a: Mapping, b: Mapping, key: str = "gold", z: float = 2.0) -> dict:
+    """``a[key] - b[key]`` for two evaluations (``evaluate_policy`` dicts), with its standard error and a verdict.
+
+    The standard error is sqrt(se_a^2 + se_b^2), se = ``{key}_std`` / sqrt(``n``) of each evaluation: it
+    counts the evaluation's sampling noise only (not a training seed's), and treats the two as independent.
+    Returns ``{"diff", "se", "inside_noise"}``; ``inside_noise`` is ``|diff| < z * se``.
+    """
+    se = math.sqrt((a[f"{key}_std"] ** 2) / a["n"] + (b[f"{key}_std"] ** 2) / b["n"])
+    diff = float(a[key]) - float(b[key])
+    return {"diff": diff, "se": se, "inside_noise": abs(diff) < z * se}
+
+
 def gold_per_nat(run_final: dict, base: dict) -> float:
     """Gold gained per nat of KL spent, (gold - base gold) / KL (nan when KL is ~0)."""
     kl = run_final["kl"]
@@ -197,4 +320,6 @@ def same_weights(model_a, model_b) -> bool:
 
 
 __all__ = ["flip_labels", "label_agreement", "pair_lengths", "loss_shape", "plot_loss_shapes", "summary_table",
-           "plot_runs", "plot_lengths", "gold_per_nat", "same_weights"]
+           "plot_runs", "plot_lengths", "sample_gold_lengths", "length_controlled_gold", "evaluation_difference",
+           "gold_per_nat",
+           "same_weights"]

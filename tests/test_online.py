@@ -209,6 +209,31 @@ def test_gold_labeller_scores_texts():
     assert labeller([[1]], [[2]], ["abc"]).tolist() == [3.0]
 
 
+def test_noisy_gold_labeller_orders_two_completions_like_the_bradley_terry_annotator():
+    """P(a scored above b) = sigmoid((g_a - g_b) / T), the annotator that labelled the offline pairs."""
+    from alignlab.pairs import ANNOTATOR_TEMPERATURE
+
+    gold = lambda texts: torch.tensor([0.6 if t == "a" else 0.5 for t in texts])   # noqa: E731 -- gap 0.1
+    labeller = online.noisy_gold_labeller(gold, seed=0)
+    n = 20000
+    scores = labeller([[1]] * 2 * n, [[2]] * 2 * n, ["a", "b"] * n).view(n, 2)      # (n, 2)
+    rate = (scores[:, 0] > scores[:, 1]).float().mean().item()
+    expected = 1 / (1 + math.exp(-0.1 / ANNOTATOR_TEMPERATURE))                     # 0.731 at T = 0.1
+    assert rate == pytest.approx(expected, abs=4 * math.sqrt(expected * (1 - expected) / n))
+    sharp = online.noisy_gold_labeller(gold, temperature=0.01, seed=0)([[1]] * 2 * n, [[2]] * 2 * n, ["a", "b"] * n)
+    assert (sharp.view(n, 2)[:, 0] > sharp.view(n, 2)[:, 1]).float().mean().item() > 0.99
+
+
+def test_noisy_gold_labeller_is_seeded_and_refuses_a_bad_temperature():
+    gold = lambda texts: torch.zeros(len(texts))                                     # noqa: E731
+    first = online.noisy_gold_labeller(gold, seed=3)([[1]] * 5, [[2]] * 5, ["x"] * 5)
+    again = online.noisy_gold_labeller(gold, seed=3)([[1]] * 5, [[2]] * 5, ["x"] * 5)
+    assert torch.equal(first, again) and first.shape == (5,) and first.dtype == torch.float32
+    assert len(set(first.tolist())) == 5                                             # noise: no ties
+    with pytest.raises(ValueError, match="temperature"):
+        online.noisy_gold_labeller(gold, temperature=0.0)
+
+
 # ------------------------------------------------------------------ the notebook's nbgrader cells
 def _notebook_cells():
     import json
