@@ -2,6 +2,7 @@
 import os
 import socket
 
+import pytest
 import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -37,3 +38,22 @@ def save_gpt2_shaped(folder, texts, vocab_size: int, n_layer: int = 2, n_embd: i
                      eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
     GPT2LMHeadModel(cfg).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_world():
+    """The course tokenizer and a random 1-layer GPT-2 (fast), as policy (eval mode) and frozen reference; one per
+    test module."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from alignlab import paths
+    from alignlab.models import frozen_copy, load_tokenizer
+
+    if not (paths.TINY_POLICY_DIR / "tokenizer.json").exists():
+        pytest.skip("the embedded tokenizer is not built")
+    tok = load_tokenizer(paths.TINY_POLICY_DIR)
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
+    policy = GPT2LMHeadModel(config).eval()
+    return tok, policy, frozen_copy(policy)

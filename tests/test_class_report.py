@@ -49,6 +49,10 @@ def class_of_30(tmp_path_factory):
     cells = batch.graded_cells(c, ASSIGNMENT)[ASSIGNMENT]
     tests = {gid: pts for gid, (_, pts, manual) in cells.items() if not manual}
     student_nb = nbformat.read(ROOT / "notebooks" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    solution_nb = nbformat.read(ROOT / "solutions" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb", as_version=4)
+    solved = {c.metadata.get("nbgrader", {}).get("grade_id"): "\n".join(
+        line for line in c.source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+        for c in solution_nb.cells}                          # a question's answer cell, answered right
     expected = {"mistakes": {}, "copy": ("s27", "s28"), "timed_out": "s29"}
     records_dir = runtime / batch.JUDGE_RECORDS / ASSIGNMENT
     records_dir.mkdir(parents=True)
@@ -58,6 +62,10 @@ def class_of_30(tmp_path_factory):
             answers, verdicts = {}, {}
             for gid in tests:
                 exercise = gid[len("test_"):]
+                if exercise not in VALID:                       # a multiple-choice question: everyone answers it right
+                    answers[exercise] = solved[exercise]
+                    verdicts[gid] = {"passed": True, "reason": "", "records": []}
+                    continue
                 named = [(label, fn) for label, fn in WRONG[exercise] if label in {m.name for m in MISTAKES[exercise]}]
                 if i % 3 == 0 and named:                        # a third of the class makes a named mistake
                     label, fn = named[(i // 3) % len(named)]

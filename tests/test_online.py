@@ -107,23 +107,6 @@ def test_config_splits_the_offline_steps_over_the_rounds():
     assert grading.rounds * grading.prompts_per_round <= 32 and grading.dpo.steps <= 6
 
 
-@pytest.fixture(scope="module")
-def tiny_world():
-    """The course tokenizer and a random 1-layer GPT-2 (fast), as policy and frozen reference."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    from alignlab.models import frozen_copy, load_tokenizer
-
-    if not (paths.TINY_POLICY_DIR / "tokenizer.json").exists():
-        pytest.skip("the embedded tokenizer is not built")
-    tok = load_tokenizer(paths.TINY_POLICY_DIR)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    policy = GPT2LMHeadModel(config).eval()
-    return tok, policy, frozen_copy(policy)
-
-
 def _length_labeller(prompt_ids, completion_ids, texts):
     return torch.tensor([float(len(c)) + 0.001 * i for i, c in enumerate(completion_ids)])  # no ties
 

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from alignlab import paths, variants
+from alignlab import variants
 from alignlab.pairs import LENGTH_BINS
 
 
@@ -74,20 +74,13 @@ def test_mismatched_or_empty_inputs_are_refused():
         variants.length_controlled_gold([0.1], [3], [])
 
 
-def test_sample_gold_lengths_reproduces_evaluate_policy():
+def test_sample_gold_lengths_reproduces_evaluate_policy(tiny_world):
     """One sample per prompt with evaluate_policy's seed: the same completions, so the same mean gold and length."""
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from alignlab.evaluation import evaluate_policy
-    from alignlab.models import frozen_copy, load_tokenizer
+    from alignlab.models import frozen_copy
 
-    if not (paths.TINY_POLICY_DIR / "tokenizer.json").exists():
-        pytest.skip("the embedded tokenizer is not built")
-    tok = load_tokenizer(paths.TINY_POLICY_DIR)
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
-                        pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.eos_token_id)
-    policy = GPT2LMHeadModel(config).train()
+    tok, policy, _ = tiny_world
+    policy.train()
     prompts = [{"prompt_ids": tok.encode(t)} for t in ("This movie was", "I went to see it", "The plot", "Worst")]
     gold = lambda texts: torch.tensor([len(t) / 100 for t in texts])   # noqa: E731 -- any text -> score
     golds, lengths = variants.sample_gold_lengths(policy, tok, gold, prompts, max_new_tokens=6, seed=0)
