@@ -266,7 +266,8 @@ def length_preference(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
     gold among pairs whose gold scores differ too); ``corr_score_length`` and ``corr_gold_length``:
     Pearson correlations over the pairs' completions (each side of each pair once);
     ``accuracy_chosen_longer`` / ``accuracy_chosen_shorter``: label accuracy on the pairs whose chosen
-    completion is the longer / the shorter one.
+    completion is the longer / the shorter one; ``n_<rate>`` for each rate of ``LENGTH_RATES``: the number
+    of pairs it is a share of.
     """
     rc, rr = chosen_rewards.double(), rejected_rewards.double()
     lc = torch.tensor([len(r["chosen_ids"]) for r in pairs], dtype=torch.float64)
@@ -279,40 +280,32 @@ def length_preference(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tens
     unequal = lc != lr
     longer_scores_higher = torch.where(lc > lr, rc > rr, rr > rc)
     gold_unequal = unequal & (gc != gr)
-
-    def corr(a, b):
-        return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
-    return {"pairs": len(pairs), "unequal_length": int(unequal.sum()),
-            "prefers_longer": float(longer_scores_higher[unequal].double().mean()),
-            "label_longer": float((lc > lr)[unequal].double().mean()),
-            "gold_longer": float(torch.where(lc > lr, gc > gr, gr > gc)[gold_unequal].double().mean()),
-            "corr_score_length": corr(torch.cat([rc, rr]), torch.cat([lc, lr])),
-            "corr_gold_length": corr(torch.cat([gc, gr]), torch.cat([lc, lr])),
-            "accuracy_chosen_longer": float((rc > rr)[lc > lr].double().mean()),
-            "accuracy_chosen_shorter": float((rc > rr)[lc < lr].double().mean())}
+    out = {"pairs": len(pairs), "unequal_length": int(unequal.sum()),
+           "prefers_longer": float(longer_scores_higher[unequal].double().mean()),
+           "label_longer": float((lc > lr)[unequal].double().mean()),
+           "gold_longer": float(torch.where(lc > lr, gc > gr, gr > gc)[gold_unequal].double().mean()),
+           "corr_score_length": pearson(torch.cat([rc, rr]), torch.cat([lc, lr])),
+           "corr_gold_length": pearson(torch.cat([gc, gr]), torch.cat([lc, lr])),
+           "accuracy_chosen_longer": float((rc > rr)[lc > lr].double().mean()),
+           "accuracy_chosen_shorter": float((rc > rr)[lc < lr].double().mean())}
+    counts = (unequal, unequal, gold_unequal, lc > lr, lc < lr)                # the pairs behind each rate
+    return {**out, **{f"n_{key}": int(mask.sum()) for key, mask in zip(LENGTH_RATES, counts)}}
 
 
 LENGTH_RATES = ("prefers_longer", "label_longer", "gold_longer", "accuracy_chosen_longer", "accuracy_chosen_shorter")
 
 
 def length_preference_report(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor, pairs) -> dict:
-    """``length_preference`` with the number of pairs behind each rate and its standard error, printed.
+    """``length_preference`` with each rate's standard error, printed.
 
-    For each rate of ``LENGTH_RATES`` adds ``n_<rate>`` (the pairs it is a share of) and ``se_<rate>``
-    = sqrt(p (1 - p) / n), which treats the pairs as independent (a prompt's pairs share completions, so
+    For each rate of ``LENGTH_RATES`` adds ``se_<rate>`` = sqrt(p (1 - p) / n), n = ``n_<rate>`` (the pairs
+    it is a share of), which treats the pairs as independent (a prompt's pairs share completions, so
     the true spread is somewhat larger); adds ``prompts``, the distinct prompts among ``pairs``. Prints the
     rates with their standard errors and the two correlations, and returns the dict.
     """
     out = length_preference(chosen_rewards, rejected_rewards, pairs)
-    lc = torch.tensor([len(r["chosen_ids"]) for r in pairs])
-    lr = torch.tensor([len(r["rejected_ids"]) for r in pairs])
-    gold_differs = torch.tensor([r["gold_chosen"] != r["gold_rejected"] for r in pairs])
-    counts = {"prefers_longer": int((lc != lr).sum()), "label_longer": int((lc != lr).sum()),
-              "gold_longer": int(((lc != lr) & gold_differs).sum()),
-              "accuracy_chosen_longer": int((lc > lr).sum()), "accuracy_chosen_shorter": int((lc < lr).sum())}
     for key in LENGTH_RATES:
-        n, p = counts[key], out[key]
-        out[f"n_{key}"] = n
+        n, p = out[f"n_{key}"], out[key]
         out[f"se_{key}"] = math.sqrt(p * (1 - p) / n) if n else float("nan")
     out["prompts"] = len({tuple(r["prompt_ids"]) for r in pairs})
     labels = {"prefers_longer": "the reward model scores the longer one higher",

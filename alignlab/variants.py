@@ -259,10 +259,10 @@ def length_controlled_gold(golds, lengths, reference_lengths, bins: Sequence[tup
                          f"sample of each policy (reference: {len(ref)})")
     N = len(g)
     raw_se = g.std().item() / math.sqrt(N) if N > 1 else math.nan
-    rows, within = {}, []
+    rows, values_in, within = {}, {}, []
     for lo, hi in bins:
         in_bin = (n_len >= lo) & (n_len <= hi)
-        values = g[in_bin]
+        values = values_in[f"{lo}-{hi}"] = g[in_bin]
         rows[f"{lo}-{hi}"] = {"n": int(in_bin.sum()), "share": in_bin.double().mean().item(),
                               "reference_share": ((ref >= lo) & (ref <= hi)).double().mean().item(),
                               "gold": values.mean().item() if len(values) else math.nan}
@@ -272,11 +272,9 @@ def length_controlled_gold(golds, lengths, reference_lengths, bins: Sequence[tup
     covered = [(key, r) for key, r in rows.items() if r["n"] > 0 and r["reference_share"] > 0]
     coverage = sum(r["reference_share"] for _, r in covered)
     stratified, var = 0.0, 0.0
-    for (lo, hi), (key, r) in zip(bins, rows.items()):
-        if r["n"] == 0 or r["reference_share"] == 0:
-            continue
+    for key, r in covered:
         w = r["reference_share"] / coverage
-        values = g[(n_len >= lo) & (n_len <= hi)]
+        values = values_in[key]
         s2 = values.var().item() if len(values) > 1 else pooled_var
         stratified += w * r["gold"]
         var += w * w * s2 / r["n"]
