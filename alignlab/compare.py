@@ -104,4 +104,66 @@ def format_comparison(table: Mapping[str, Sequence[Mapping]]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["gold_at_kl", "compare_at_kl", "difference", "points_at_kl", "format_comparison"]
+def shared_kls(methods: Mapping[str, Sequence[Sequence[Mapping]]],
+               fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0)) -> list[float]:
+    """KL values every run of every method reached: ``fractions`` (at most 1) of the smallest largest-KL among
+    the runs, rounded down to 0.01 nats (so a printed KL is the one the table used, and none lies beyond a run)."""
+    reach = min(max(float(p["kl"]) for p in run) for runs in methods.values() for run in runs)
+    return [math.floor(max(0.0, reach) * f * 100) / 100 for f in fractions]
+
+
+T_975 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13, 2.12, 2.11,
+         2.10, 2.09, 2.09, 2.08, 2.07, 2.07, 2.06, 2.06, 2.06, 2.05, 2.05, 2.05, 2.04)   # Student's t, 97.5%, df 1-30
+
+
+def welch_threshold(row_a: Mapping, row_b: Mapping) -> float:
+    """How many standard errors a difference of two means must exceed to be outside the noise (two-sided 5%):
+    Student's t at 97.5% with Welch's degrees of freedom, rounded down (2.78 for three seeds a side with
+    equal spreads, up to 4.30 when one side's spread dominates; about 2 from 30 on). Rows are
+    ``compare_at_kl``'s (``se`` over ``n`` seeds)."""
+    va, vb = row_a["se"] ** 2, row_b["se"] ** 2
+    denominator = va ** 2 / (row_a["n"] - 1) + vb ** 2 / (row_b["n"] - 1)
+    df = (va + vb) ** 2 / denominator if denominator > 0 else 1.0
+    return T_975[min(len(T_975), max(1, int(df))) - 1] if df < 31 else 2.0
+
+
+def report_at_kl(methods: Mapping[str, Sequence[Sequence[Mapping]]], baseline: str,
+                 fractions: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                 also: Sequence[tuple[str, str]] = ()) -> tuple[dict, str]:
+    """Compare methods at matched KL and say what the seeds can tell: ``(table, text)``.
+
+    ``methods``: ``{name: [run, ...]}``, one run (a list of ``{"kl", "gold"}`` points) per seed. The KLs are
+    ``shared_kls``: every run reached them, so nothing is extrapolated. The text is ``format_comparison``'s
+    table, then each method minus ``baseline`` at each KL with its standard error over seeds and whether it
+    is outside the noise: ``|diff| > t * se`` with ``t`` from ``welch_threshold`` (a t-test at 5%, two-sided;
+    with few seeds only large differences get out). With one run a side the seeds cannot tell, and the
+    text says so. ``also``: more ``(a, b)`` pairs to print as a minus b, e.g. two methods that differ in one factor.
+    Last, each run's final point (its last evaluation), seed by seed: how far each method went.
+    """
+    kls = shared_kls(methods, fractions)
+    table = compare_at_kl(methods, kls)
+    seeds = sorted({len(runs) for runs in methods.values()})
+    lines = [format_comparison(table), f"runs (seeds) per method: {', '.join(map(str, seeds))}; ± is one standard "
+             "error over the seeds; a difference is outside the noise when it exceeds t standard errors "
+             "(Welch's t-test at 5%: t is 2.78 to 4.30 for three seeds a side)"]
+    for name, other in [(name, baseline) for name in table if name != baseline] + list(also):
+        parts = []
+        for i, kl in enumerate(kls):
+            d = difference(table, name, other, kl)
+            if math.isnan(d["diff"]):
+                parts.append(f"KL {kl:.2f}: not reached by every run")
+            elif math.isnan(d["se"]):
+                parts.append(f"KL {kl:.2f}: {d['diff']:+.3f} (one run a side: the seeds cannot tell)")
+            else:
+                t = welch_threshold(table[name][i], table[other][i])
+                verdict = "outside" if abs(d["diff"]) > t * d["se"] else "inside"
+                parts.append(f"KL {kl:.2f}: {d['diff']:+.3f} ± {d['se']:.3f} ({verdict} the noise, t = {t:.2f})")
+        lines.append(f"{name} minus {other}: " + "; ".join(parts))
+    for name, runs in methods.items():
+        ends = ", ".join(f"({run[-1]['kl']:.2f}, {run[-1]['gold']:.3f})" for run in runs)
+        lines.append(f"{name} ends at (KL, gold), seed by seed: {ends}")
+    return table, "\n".join(lines)
+
+
+__all__ = ["gold_at_kl", "compare_at_kl", "difference", "points_at_kl", "format_comparison", "shared_kls",
+           "report_at_kl", "welch_threshold"]

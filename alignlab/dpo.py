@@ -47,6 +47,7 @@ class DPOConfig:
     decay: bool = False            # True: after the warm-up, decay linearly to 0 at the last step (TRL's default)
     max_grad_norm: float = 1.0     # gradient clipping on the policy's parameters
     average_logps: bool = False    # True: per-token average log-probs (SimPO); DPO needs sums
+    rpo_alpha: float = 0.0         # RPO: add rpo_alpha x the chosen completions' NLL per token (Pang et al. 2024); 0: none
     eval_every: int = 50           # call eval_fn every this many steps (and at step 0 and at the end)
     heldout_every: int = 25        # loss and implicit-reward accuracy on the held-out pairs every this many steps
     seed: int = 0                  # order in which the pairs are visited
@@ -213,6 +214,19 @@ def eos_logratios(policy, reference, pairs: Sequence[dict], eos_id: int, pad_id:
                    "eos_tokens": s["eos_tokens"]} for side, s in sums.items()}
 
 
+def chosen_nll(policy_chosen_logps: torch.Tensor, chosen_lengths: torch.Tensor) -> torch.Tensor:
+    """RPO's extra term: the chosen completions' negative log-likelihood per token, averaged over the pairs.
+
+    Shapes: policy_chosen_logps (B,) summed completion log-probs, chosen_lengths (B,) their token counts -> ().
+    Mean over pairs of -log pi(y_w | x) / |y_w| (Pang et al. 2024, section 2: each winner's NLL divided by its
+    length). A length below 1 counts as 1, so an empty completion adds 0 rather than NaN.
+    """
+    if policy_chosen_logps.shape != chosen_lengths.shape or policy_chosen_logps.dim() != 1:
+        raise ValueError(f"chosen_nll: expected two (B,) tensors, got {tuple(policy_chosen_logps.shape)} and "
+                         f"{tuple(chosen_lengths.shape)}")
+    return (-policy_chosen_logps / chosen_lengths.to(policy_chosen_logps.dtype).clamp(min=1)).mean()
+
+
 def implicit_reward_stats(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> dict:
     """TRL's logged statistics: mean implicit rewards, accuracy (strict >) and margin."""
     chosen_rewards, rejected_rewards = chosen_rewards.detach().float(), rejected_rewards.detach().float()
@@ -257,6 +271,10 @@ def _loss_and_rewards(policy, reference, batch: dict, loss_fn: LossFn, config: D
     ref_chosen_logps, ref_rejected_logps = reference_logps(reference, batch, config.average_logps)  # (B,), no grad
     out = loss_fn(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     loss = out[0] if isinstance(out, (tuple, list)) else out
+    if config.rpo_alpha:                                                  # RPO: + alpha x the chosen NLL per token
+        lengths = batch["chosen_completion_mask"].sum(-1)                                # (B,)
+        summed = policy_chosen_logps * lengths.clamp(min=1) if config.average_logps else policy_chosen_logps
+        loss = loss + config.rpo_alpha * chosen_nll(summed, lengths)
     if isinstance(out, (tuple, list)) and len(out) >= 3:
         chosen_rewards, rejected_rewards = out[1], out[2]
     else:
@@ -341,4 +359,4 @@ def train_dpo(policy, reference, pairs: Sequence[dict], loss_fn: LossFn, config:
 
 
 __all__ = ["DPOConfig", "DPOHistory", "train_dpo", "completion_logps", "pair_logps", "reference_logps", "implicit_rewards",
-           "implicit_reward_stats"]
+           "implicit_reward_stats", "chosen_nll"]

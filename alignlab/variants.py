@@ -11,12 +11,17 @@ A run is anything with ``evals``: a list of dicts with ``step``, ``gold`` and ``
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import random
+from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
 
+from . import paths, report
+from .models import SFT_WEIGHTS
 from .pairs import LENGTH_BINS
 from .rewards import gold_scores
 from .rollout import sample
@@ -317,7 +322,78 @@ def same_weights(model_a, model_b) -> bool:
     return len(pa) == len(pb) and all(a.shape == b.shape and torch.equal(a, b) for a, b in zip(pa, pb))
 
 
+# ------------------------------------------------------------------ more seeds
+SEEDS_FILE = paths.DATA_DIR / "variants" / "seeds.json"    # scripts/build_variant_seeds.py (`make data`)
+NOTEBOOK = paths.REPO_ROOT / "solutions" / "06_beyond_dpo" / "06_beyond_dpo.ipynb"
+POINT_KEYS = ("step", "kl", "gold", "gold_std", "kl_std", "n", "length", "eos_rate")
+
+
+def eval_points(run) -> list[dict]:
+    """A run's evaluations without their sample texts: ``{step, kl, gold, gold_std, kl_std, n, length, eos_rate}``
+    (the keys it has), JSON-ready floats, as ``report.record`` and the stored seeds keep them."""
+    return [{k: float(e[k]) for k in POINT_KEYS if k in e} for e in run.evals]
+
+
+def world_fingerprint() -> str:
+    """What notebook 06's runs read from data/: the SFT policy's weights, the pairs, the prompts, the gold."""
+    digest = hashlib.sha256()
+    for path in (paths.SFT_DIR / SFT_WEIGHTS, paths.PAIRS_FILE, paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir())):
+        digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
+    return digest.hexdigest()[:16]
+
+
+def code_fingerprint(notebook: Path = NOTEBOOK) -> str:
+    """The code cells of notebook 06's solution, hashed: a stored seed is stale once any of them changes."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    code = "\n# ----\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    return hashlib.sha256(code.encode()).hexdigest()[:16]
+
+
+def load_seed_runs(track, path: Path | None = None) -> dict[str, list[list[dict]]]:
+    """The other seeds of notebook 06's runs, ``{run name: [points of seed 1, points of seed 2, ...]}``.
+
+    ``make data`` (``scripts/build_variant_seeds.py``) runs the solution notebook again with ``SEED = 1, 2, ...``
+    on the CPU track and stores each run's evaluations. Empty (and a line saying why) on another track, in
+    grading mode, or when the file is missing or was built from other data; the notebook then has its own
+    run only.
+    """
+    path = Path(path or SEEDS_FILE)
+    why = None
+    if track.name != "tiny" or track.grading or str(track.device) != "cpu":
+        why = (f"they are stored for the tiny CPU track only (this run: track {track.name} on {track.device}"
+               f"{', grading mode' if track.grading else ''})")
+    elif not path.exists():
+        why = f"{path} is missing: python scripts/build_world.py --only variant_seeds builds it"
+    else:
+        stored = json.loads(path.read_text())
+        if stored.get("world") != world_fingerprint():
+            why = (f"{path.name} was built from other data/ files: rebuild it with "
+                   "python scripts/build_world.py --only variant_seeds")
+    if why:
+        print(f"other seeds not loaded: {why}")
+        return {}
+    runs: dict[str, list[list[dict]]] = {}
+    for seed in sorted(stored["seeds"], key=int):
+        for name, points in stored["seeds"][seed].items():
+            runs.setdefault(name, []).append(points)
+    print(f"seeds {', '.join(sorted(stored['seeds'], key=int))} of these runs loaded from data/variants/{path.name} "
+          f"(this notebook's cells with SEED changed, run by `make data`)")
+    return runs
+
+
+def with_seeds(runs: Mapping[str, object], stored: Mapping[str, list[list[dict]]]) -> dict[str, list[list[dict]]]:
+    """``{name: [this run's points, *the stored seeds' points]}`` for ``compare_at_kl``; a name not stored
+    keeps its own run only. Also records this run's points as ``06.evals.<name>`` (``report.record``, a
+    no-op unless ALIGNLAB_RECORD is set): that is how ``scripts/build_variant_seeds.py`` collects them."""
+    out = {}
+    for name, run in runs.items():
+        points = eval_points(run)
+        report.record(f"06.evals.{name}", points)
+        out[name] = [points, *stored.get(name, [])]
+    return out
+
+
 __all__ = ["flip_labels", "label_agreement", "pair_lengths", "loss_shape", "plot_loss_shapes", "summary_table",
            "plot_runs", "plot_lengths", "sample_gold_lengths", "length_controlled_gold", "evaluation_difference",
-           "gold_per_nat",
-           "same_weights"]
+           "gold_per_nat", "same_weights", "eval_points", "world_fingerprint", "code_fingerprint", "load_seed_runs",
+           "with_seeds", "SEEDS_FILE"]

@@ -1,5 +1,5 @@
 """Rebuild the whole embedded world under data/, in order: tokenizer, gold, policy, SFT policy, prompts + pairs,
-notebook 04's reward models, dataset card.
+notebook 04's reward models, notebook 05's frontier baselines, notebook 06's other seeds, dataset card.
 
     .venv/bin/python scripts/build_world.py                  # everything (`make data`)
     .venv/bin/python scripts/build_world.py --only pairs,card
@@ -25,7 +25,8 @@ import torch  # noqa: E402
 
 from alignlab import paths  # noqa: E402
 
-STEPS = ("tokenizer", "gold", "pretrain", "sft", "pairs", "reward_models", "frontier", "card", "arithmetic")   # arithmetic: notebook 07's world
+STEPS = ("tokenizer", "gold", "pretrain", "sft", "pairs", "reward_models", "frontier", "variant_seeds", "card",
+         "arithmetic")   # variant_seeds: notebook 06's other seeds; arithmetic: notebook 07's world
 PRETRAIN_STEPS = 900         # the committed policy's steps (about 25 min at 1 thread on the busy shared 2-core machine)
 CARD = paths.DATA_DIR / "README.md"
 
@@ -191,6 +192,7 @@ rewritten by it.
 | `sft/` | the SFT policy: `model.safetensors` (float16 weights of the policy fine-tuned on demonstrations that end with EOS; the tied output layer left out) and `sft.json` (settings, demonstrations, loss curve, base-vs-SFT figures); `alignlab.models.load_sft_policy` loads it |
 | `reward-models/` | notebook 04's two reward models, `ppo` (200 steps) and `weak` (40 steps), trained once by `scripts/build_reward_models.py` with notebook 02's recipe (seed 0) and stored as float16 safetensors with their config, training curves and a fingerprint of the policies and pairs they came from (their backbone starts from the SFT policy); the notebook loads them only while all of that matches |
 | `frontier/baselines.json` | notebook 05's three frontier baselines that run none of the learner's code, PPO against the gold (30 iterations), best-of-n by the gold (n up to 32, 64 prompts) and rejection sampling (best of 8 by notebook 04's reward model on the 3,000 training prompts, one SFT pass a round, 3 rounds; seeds 0-2), computed once by `scripts/build_frontier.py` exactly as the notebook would, with their settings and a fingerprint of the world's files and the code; the notebook loads them only while all of that matches |
+| `variants/seeds.json` | notebook 06's runs (DPO, cDPO, IPO, SimPO, RPO, online DPO) with training seeds 1 and 2: `scripts/build_variant_seeds.py` executes the solution notebook with `SEED = 1`, then `2` (the course's reference functions) and keeps each run's evaluations, with a fingerprint of the notebook's code cells and of the data they read; the notebook reads them beside its own run (seed 0) only while the data match, and a test fails once the code has changed |
 
 Total size of `data/`: {_size_mb(paths.DATA_DIR):.1f} MB before this card, of which the reward models take
 {_size_mb(paths.REWARD_MODELS_DIR):.1f} MB and the SFT policy {_size_mb(paths.SFT_DIR):.1f} MB.
@@ -318,6 +320,8 @@ def main(argv=None):
             subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_reward_models.py")], check=True)
         elif step == "frontier":
             subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_frontier.py")], check=True)
+        elif step == "variant_seeds":
+            subprocess.run([sys.executable, str(paths.REPO_ROOT / "scripts" / "build_variant_seeds.py")], check=True)
         elif step == "card":
             write_card()
         elif step == "arithmetic":

@@ -58,3 +58,39 @@ def test_a_run_is_read_against_a_dense_curve_at_its_own_kl_with_the_prompts_nois
     assert mid["diff"] == pytest.approx(-0.1) and mid["diff_se"] == pytest.approx(math.sqrt(2) * 0.03)
     assert not mid["inside_noise"] and mid["it"] == 5                      # 0.1 > 2 * 0.042; its own fields kept
     assert compare.points_at_kl(ppo[1:2], curve, z=3.0)[0]["inside_noise"]  # 0.1 < 3 * 0.042
+
+
+def test_shared_kls_lie_inside_every_run_even_after_rounding():
+    methods = {"A": [run((0, 0.5), (1.5286, 0.6))], "B": [run((0, 0.5), (3.0, 0.7)), run((0, 0.5), (2.0, 0.6))]}
+    kls = compare.shared_kls(methods)
+    assert kls == [0.38, 0.76, 1.14, 1.52]            # rounded down: 1.53 would lie beyond run A
+    table = compare.compare_at_kl(methods, kls)
+    assert all(not math.isnan(r["gold"]) for rows in table.values() for r in rows)
+
+
+def test_report_at_kl_says_inside_outside_and_when_one_run_cannot_tell():
+    a = [run((0, 0.50), (2, 0.60)), run((0, 0.50), (2, 0.62)), run((0, 0.50), (2, 0.61))]
+    far = [run((0, 0.50), (2, 0.80)), run((0, 0.50), (2, 0.81)), run((0, 0.50), (2, 0.79))]
+    near = [run((0, 0.50), (2, 0.61)), run((0, 0.50), (2, 0.63)), run((0, 0.50), (2, 0.60))]
+    table, text = compare.report_at_kl({"A": a, "far": far, "near": near}, baseline="A", fractions=(1.0,),
+                                       also=[("far", "near")])
+    assert table["A"][0]["n"] == 3 and table["far"][0]["gold"] == pytest.approx(0.80)
+    assert "far minus A: KL 2.00: +0.190 ± 0.008 (outside the noise, t = 2.78)" in text
+    assert "near minus A: KL 2.00: +0.003 ± 0.011 (inside the noise, t = 3.18)" in text
+    assert "far minus near: KL 2.00: +0.187" in text
+    assert "far ends at (KL, gold), seed by seed: (2.00, 0.800), (2.00, 0.810), (2.00, 0.790)" in text
+    _, single = compare.report_at_kl({"A": a[:1], "far": far[:1]}, baseline="A", fractions=(1.0,))
+    assert "far minus A: KL 2.00: +0.200 (one run a side: the seeds cannot tell)" in single
+
+
+def test_welch_threshold_is_students_t_with_welchs_degrees_of_freedom():
+    three = {"se": 0.01, "n": 3}
+    assert compare.welch_threshold(three, three) == 2.78           # df = 4 with equal spreads
+    assert compare.welch_threshold(three, {"se": 0.0001, "n": 3}) == 4.30   # one side's spread dominates: df ~ 2
+    assert compare.welch_threshold({"se": 0.01, "n": 40}, {"se": 0.01, "n": 40}) == 2.0
+    # a difference of 2.4 standard errors is outside the noise at z = 2 but inside a 3-seed t-test
+    a = [run((0, 0.5), (1, g)) for g in (0.60, 0.62, 0.64)]
+    b = [run((0, 0.5), (1, g)) for g in (0.64, 0.66, 0.68)]
+    assert compare.difference(compare.compare_at_kl({"a": a, "b": b}, [1.0]), "b", "a", 1.0)["inside_noise"] is False
+    _, text = compare.report_at_kl({"a": a, "b": b}, baseline="a", fractions=(1.0,))
+    assert "+0.040 ± 0.016 (inside the noise, t = 2.78)" in text

@@ -384,3 +384,44 @@ def test_eos_logratios_are_zero_for_the_reference_and_single_out_a_lowered_eos()
     moved = dpo.eos_logratios(LowerEOS(model), frozen(model), rows, eos_id=EOS, pad_id=PAD)
     for side in ("chosen", "rejected"):
         assert -2.0 < moved[side]["eos"] < -1.0 < 0.0 < moved[side]["other"]
+
+
+# ------------------------------------------------------------ RPO
+def test_chosen_nll_is_the_mean_per_token_nll_and_refuses_mismatched_shapes():
+    logps, lengths = torch.tensor([-6.0, -2.0, 0.0]), torch.tensor([3, 4, 0])
+    assert dpo.chosen_nll(logps, lengths).item() == pytest.approx((2.0 + 0.5 + 0.0) / 3)   # empty row: 0, not NaN
+    with pytest.raises(ValueError, match=r"two \(B,\) tensors"):
+        dpo.chosen_nll(logps, lengths[:2])
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_rpo_alpha_adds_alpha_times_the_chosen_nll_to_the_loss_fn_s_loss(average):
+    policy, rows = tiny_model(), make_pairs(6)
+    batch = collate_pairs(rows, pad_id=PAD)
+    loss_fn = functools.partial(reference.dpo_loss, beta=0.5)
+    plain, *_ = dpo._loss_and_rewards(policy.eval(), None, {**batch, **stored(rows, policy)}, loss_fn,
+                                      config(average_logps=average))
+    rpo, *_ = dpo._loss_and_rewards(policy.eval(), None, {**batch, **stored(rows, policy)}, loss_fn,
+                                    config(average_logps=average, rpo_alpha=0.7))
+    summed, _ = dpo.pair_logps(policy, batch)
+    lengths = torch.tensor([len(r["chosen_ids"]) for r in rows])
+    assert (rpo - plain).item() == pytest.approx(0.7 * (-summed / lengths).mean().item(), rel=1e-4)
+
+
+def stored(rows, model) -> dict:
+    """The batch fields of ``with_stored_reference`` for ``rows`` (reference = ``model``)."""
+    return {k: v for k, v in collate_pairs(with_stored_reference(rows, model), pad_id=PAD).items() if k.startswith("ref_")}
+
+
+def test_rpo_keeps_the_chosen_completions_likelier_than_dpo_does():
+    pairs = make_pairs(32)
+    logps = {}
+    for alpha in (0.0, 1.0):
+        policy = tiny_model()
+        reference_model = frozen(policy)
+        dpo.train_dpo(policy, reference_model, pairs, functools.partial(reference.dpo_loss, beta=0.5),
+                      config(steps=30, rpo_alpha=alpha))
+        batch = collate_pairs(pairs, pad_id=PAD)
+        with torch.no_grad():
+            logps[alpha] = dpo.pair_logps(policy.eval(), batch)[0].mean().item()
+    assert logps[1.0] > logps[0.0]

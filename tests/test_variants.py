@@ -1,6 +1,7 @@
 """Notebook 06's length-controlled gold (alignlab.variants.length_controlled_gold, sample_gold_lengths)."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -101,3 +102,51 @@ def test_evaluation_difference_uses_each_evaluations_standard_error():
     assert variants.evaluation_difference(a, b, z=3.0)["inside_noise"]  # 0.12 < 3 x 0.05
     kl = variants.evaluation_difference(a, b, key="kl")
     assert kl["diff"] == pytest.approx(2.0) and kl["se"] == pytest.approx(math.sqrt(0.05)) and not kl["inside_noise"]
+
+
+# ------------------------------------------------------------------ more seeds
+class _Run:
+    def __init__(self, *golds):
+        self.evals = [{"step": i, "kl": float(i), "gold": g, "gold_std": 0.1, "n": 8, "samples": ["text"]}
+                      for i, g in enumerate(golds)]
+
+
+def _track(name="tiny", device="cpu", grading=False):
+    from alignlab.config import Track
+    return Track(name, "policy", device, grading, "test")
+
+
+def test_with_seeds_puts_this_run_first_records_it_and_drops_the_texts(tmp_path, monkeypatch):
+    monkeypatch.setenv("ALIGNLAB_RECORD", str(tmp_path / "figures.json"))
+    stored = {"DPO": [[{"kl": 0.0, "gold": 0.5}, {"kl": 1.0, "gold": 0.7}]]}
+    runs = variants.with_seeds({"DPO": _Run(0.5, 0.6), "IPO": _Run(0.5, 0.55)}, stored)
+    assert [len(v) for v in runs.values()] == [2, 1] and runs["DPO"][1] == stored["DPO"][0]
+    assert runs["DPO"][0][1] == {"step": 1.0, "kl": 1.0, "gold": 0.6, "gold_std": 0.1, "n": 8.0}
+    recorded = json.loads((tmp_path / "figures.json").read_text())
+    assert recorded["06.evals.IPO"] == runs["IPO"][0]
+
+
+def test_stored_seeds_load_only_for_the_tiny_cpu_track_and_the_same_data(tmp_path, capsys):
+    path = tmp_path / "seeds.json"
+    points = [{"kl": 0.0, "gold": 0.5}, {"kl": 2.0, "gold": 0.6}]
+    assert variants.load_seed_runs(_track(), path) == {} and "missing" in capsys.readouterr().out
+    path.write_text(json.dumps({"world": "other", "seeds": {"1": {"DPO": points}}}))
+    assert variants.load_seed_runs(_track(), path) == {} and "other data/" in capsys.readouterr().out
+    path.write_text(json.dumps({"world": variants.world_fingerprint(),
+                                "seeds": {"2": {"DPO": points}, "1": {"DPO": points[:1]}}}))
+    assert variants.load_seed_runs(_track(), path) == {"DPO": [points[:1], points]}     # in the seeds' order
+    for other in (_track("gpt2", "cuda"), _track(grading=True), _track(device="cuda")):
+        assert variants.load_seed_runs(other, path) == {}
+        assert "tiny CPU track only" in capsys.readouterr().out
+
+
+def test_the_stored_seeds_were_run_from_this_notebook_and_these_data():
+    """data/variants/seeds.json is stale once notebook 06's code cells or its data change: rebuild it."""
+    stored = json.loads(variants.SEEDS_FILE.read_text())
+    rebuild = "rebuild: python scripts/build_world.py --only variant_seeds (about 4 minutes)"
+    assert stored["code"] == variants.code_fingerprint(), f"notebook 06's code changed since; {rebuild}"
+    assert stored["world"] == variants.world_fingerprint(), f"data/ changed since; {rebuild}"
+    names = {"DPO", "SimPO", "RPO", "offline DPO", "online, noisy labels", "online, gold labels"}
+    for seed, runs in stored["seeds"].items():
+        assert int(seed) != 0 and names <= set(runs), f"seed {seed} lacks {names - set(runs)}"
+        assert all(len(points) >= 2 and {"kl", "gold"} <= set(points[0]) for points in runs.values())
