@@ -256,14 +256,12 @@ def baseline_settings(track, method: str, prompts: Sequence[dict], files: Sequen
 
     JSON-comparable; ``stored_or_run`` loads points only when every entry equals the stored one.
     """
-    digest = hashlib.sha256()
-    for path in (paths.TINY_POLICY_DIR / "model.safetensors", paths.SFT_DIR / SFT_WEIGHTS, paths.PROMPTS_FILE,
-                 *sorted(paths.GOLD_DIR.iterdir()),
-                 *(Path(__file__).parent / name for name in BASELINE_SOURCES), *files):
-        digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
+    world_and_code = paths.files_digest([paths.TINY_POLICY_DIR / "model.safetensors", paths.SFT_DIR / SFT_WEIGHTS,
+                                         paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir()),
+                                         *(Path(__file__).parent / name for name in BASELINE_SOURCES), *files])
     ids = hashlib.sha256(json.dumps([list(p["prompt_ids"]) for p in prompts]).encode()).hexdigest()[:16]
     out = {"method": method, "track": track.name, "grading": bool(track.grading), "device": str(track.device), "prompts": ids,
-           "world_and_code": digest.hexdigest()[:16], "torch": torch.__version__.split("+")[0]}
+           "world_and_code": world_and_code, "torch": torch.__version__.split("+")[0]}
     if method == "PPO":
         out["ppo_config"] = asdict(PPOConfig.for_track(track, iterations=settings["iterations"]))
     return {**out, **settings}

@@ -6,8 +6,10 @@ a shallow clone on Colab), so everything is found relative to this file. Set
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+from typing import Iterable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(os.environ.get("ALIGNLAB_DATA", REPO_ROOT / "data"))
@@ -32,3 +34,13 @@ def require(path: Path, what: str) -> Path:
     return Path(path)
 
 ARITHMETIC_DIR = DATA_DIR / "arithmetic"      # notebook 07: tiny char-level GPT-2 for two-digit sums (scripts/build_arithmetic.py)
+
+
+def files_digest(files: Iterable[Path]) -> str:
+    """A short fingerprint of files' contents, in the given order (16 hex digits of SHA-256); a missing file
+    counts as the bytes ``missing``. What a stored artifact came from: it is stale once this changes."""
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
+    return digest.hexdigest()[:16]
+

@@ -336,10 +336,8 @@ def eval_points(run) -> list[dict]:
 
 def world_fingerprint() -> str:
     """What notebook 06's runs read from data/: the SFT policy's weights, the pairs, the prompts, the gold."""
-    digest = hashlib.sha256()
-    for path in (paths.SFT_DIR / SFT_WEIGHTS, paths.PAIRS_FILE, paths.PROMPTS_FILE, *sorted(paths.GOLD_DIR.iterdir())):
-        digest.update(Path(path).read_bytes() if Path(path).exists() else b"missing")
-    return digest.hexdigest()[:16]
+    return paths.files_digest([paths.SFT_DIR / SFT_WEIGHTS, paths.PAIRS_FILE, paths.PROMPTS_FILE,
+                               *sorted(paths.GOLD_DIR.iterdir())])
 
 
 def code_fingerprint(notebook: Path = NOTEBOOK) -> str:

@@ -47,7 +47,6 @@ def run_seed(seed: int) -> tuple[dict, float]:
     record = Path(tempfile.mkdtemp()) / "figures.json"
     os.environ.update(ALIGNLAB_RECORD=str(record), ALIGNLAB_TRACK="tiny")
     os.environ.pop("NBGRADER_EXECUTION", None)
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     start = time.perf_counter()
     NotebookClient(notebook, timeout=1200, kernel_name="python3",
                    resources={"metadata": {"path": str(variants.NOTEBOOK.parent)}}).execute()
@@ -63,6 +62,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seeds", default="1,2", help="comma-separated training seeds (0 is the notebook's own run)")
     args = parser.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"   # the kernel's python
     stored = {"notebook": str(variants.NOTEBOOK.relative_to(variants.paths.REPO_ROOT)),
               "code": variants.code_fingerprint(), "world": variants.world_fingerprint(),
               "torch_threads": os.environ.get("OMP_NUM_THREADS", "default"), "seeds": {}, "seconds": {}}
